@@ -1,0 +1,1 @@
+"""Data preparation: turning raw public dumps into RecBole atomic files."""

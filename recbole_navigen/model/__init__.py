@@ -1,0 +1,4 @@
+"""The plugin's recommenders (NaviGen, TIGER), each a RecBole model class exported here by name.
+
+`recbole_navigen.get_model` looks here first and falls back to RecBole's own models.
+"""

@@ -1,0 +1,145 @@
+"""A sweep: several models (and seeds) on one identical split, summarised in one table.
+
+A sweep is declared on the command line (`--models`, `--seeds`) or in a YAML file given with
+`--config_files`::
+
+    sweep:
+      models: [SASRec, GRU4Rec]
+      seeds: [2020, 2021]
+      shared: {epochs: 20}            # config_dict for every run
+      per_model: {GRU4Rec: {hidden_size: 128}}
+
+Each finished run is written at once as `<model>-seed<seed>.json` in the run folder, so re-running
+with the same `--run_id` skips what is done; `summary.csv` and `summary.md` follow every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.quick_start import run_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepSpec:
+    """Which models and seeds to run, and the config each run gets on top of the files."""
+
+    models: list[str]
+    seeds: list[int] | None = None  # None: the seed the configuration gives
+    shared: dict = field(default_factory=dict)
+    per_model: dict[str, dict] = field(default_factory=dict)
+
+    def runs(self) -> list[tuple[str, int | None]]:
+        return [(model, seed) for model in self.models for seed in self.seeds or [None]]
+
+    def config_dict(self, model: str, seed: int | None) -> dict:
+        """The parameters one run gets in code: shared, then the model's own, then the seed."""
+        return {**self.shared, **self.per_model.get(model, {}), **({} if seed is None else {"seed": seed})}
+
+    @classmethod
+    def from_config(cls, config: dict, source: str = "the config files") -> SweepSpec | None:
+        """The spec in the `sweep:` section of `config` (merged YAML files), or `None` if it has none."""
+        section = config.get("sweep")
+        if section is None:
+            return None
+        if not isinstance(section, dict) or set(section) - {"models", "seeds", "shared", "per_model"} or not section.get("models"):
+            raise ValueError(
+                f"{source}: 'sweep' must be a mapping with 'models' and optionally seeds, shared, per_model; "
+                f"found {section!r}."
+            )
+        return cls(
+            models=list(section["models"]),
+            seeds=[int(seed) for seed in section["seeds"]] if section.get("seeds") else None,
+            shared=dict(section.get("shared") or {}),
+            per_model={name: dict(values or {}) for name, values in (section.get("per_model") or {}).items()},
+        )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    cmd_args: list[str] | None = None,
+    output_dir: str | os.PathLike = "results",
+    run_id: str | None = None,
+) -> Path:
+    """Run every (model, seed) of `spec` on `dataset`; return the run folder with the summary."""
+    run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(output_dir) / dataset / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    runs = spec.runs()
+    for index, (model, seed) in enumerate(runs):
+        record = run_dir / (f"{model}.json" if seed is None else f"{model}-seed{seed}.json")
+        if record.is_file():
+            logger.info("sweep: %s already done in %s, skipped", record.stem, record)
+            results.append(json.loads(record.read_text()))
+            continue
+        logger.info("sweep: run %d/%d, %s", index + 1, len(runs), record.stem)
+        config_dict = spec.config_dict(model, seed)
+        result = run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=index == 0)
+        write_text_atomic(record, result.to_json())
+        results.append(json.loads(result.to_json()))
+        write_summary(run_dir, results)
+    write_summary(run_dir, results)
+    return run_dir
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per model: test metrics as mean and std over seeds, cost columns as means."""
+    fingerprints = {result["split_fingerprint"] for result in results}
+    if len(fingerprints) > 1:
+        raise RuntimeError(f"the sweep's runs saw different data splits: {sorted(fingerprints)}")
+    rows = []
+    for model in dict.fromkeys(result["model"] for result in results):
+        runs = [result for result in results if result["model"] == model]
+        row = {"model": model, "seeds": len(runs)}
+        for metric in runs[0]["test"]:
+            values = [run["test"][metric] for run in runs]
+            row[metric] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for cost in ("train_seconds", "eval_users_per_second", "n_params"):
+            row[cost] = statistics.fmean(run[cost] for run in runs)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], dataset: str, decimals: int = 4) -> str:
+    """The summary as a markdown table; `mean ± std` when a model ran with several seeds."""
+    metrics = [key for key in rows[0] if key not in ("model", "seeds") and not key.endswith("_std")]
+    metrics = [key for key in metrics if key not in ("train_seconds", "eval_users_per_second", "n_params")]
+    header = ["model", "seeds", *metrics, "train s", "eval users/s", "params"]
+    lines = [f"Test split of `{dataset}`, full ranking over all items.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["model"], str(row["seeds"])]
+        for metric in metrics:
+            cell = f"{row[metric]:.{decimals}f}"
+            cells.append(cell + (f" ± {row[metric + '_std']:.{decimals}f}" if row["seeds"] > 1 else ""))
+        cells += [f"{row['train_seconds']:.1f}", f"{row['eval_users_per_second']:.1f}", f"{row['n_params']:,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run_dir: Path, results: list[dict]) -> str:
+    """Write `summary.csv` and `summary.md` for `results`; return the markdown."""
+    rows = summarise(results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(run_dir / "summary.csv", buffer.getvalue())
+    table = markdown_table(rows, results[0]["dataset"])
+    write_text_atomic(run_dir / "summary.md", table)
+    return table

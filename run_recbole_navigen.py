@@ -1,0 +1,64 @@
+"""Command line: train and evaluate one model, or compare several in a sweep.
+
+    python run_recbole_navigen.py --model=SASRec --dataset=ml-100k
+    python run_recbole_navigen.py --models=SASRec,GRU4Rec --dataset=amazon --data_path=../shared/datasets
+    python run_recbole_navigen.py --dataset=amazon --config_files=dataset_configs/sweeps/amazon.yaml
+
+Any other `--key=value` is a RecBole config parameter and wins over every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import recbole_navigen  # noqa: F401  (applies the RecBole compatibility shims first)
+from recbole_navigen.config import read_config_files
+from recbole_navigen.quick_start import run_model
+from recbole_navigen.sweep import SweepSpec, run_sweep
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in re.split(r"[,\s]+", text.strip()) if name]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", help="one model, the plugin's or RecBole's (default SASRec)")
+    parser.add_argument("--models", type=_names, help="several models, comma-separated: runs a sweep")
+    parser.add_argument("--dataset", "-d", help="dataset name (default: the config files' or ml-100k)")
+    parser.add_argument("--config_files", type=_names, default=[], help="YAML files, space- or comma-separated")
+    parser.add_argument("--data_path", help="folder holding <dataset>/ (else NAVIGEN_DATA_PATH)")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in _names(text)], help="one or more seeds")
+    parser.add_argument("--output_dir", default="results", help="where sweeps write (default results/)")
+    parser.add_argument("--run_id", help="sweep folder name; an existing one resumes (default: the time)")
+    args, unknown = parser.parse_known_args(argv)
+    malformed = [arg for arg in unknown if not re.fullmatch(r"--[^=]+=.*", arg)]
+    if malformed:
+        parser.error(f"config parameters are given as --key=value, not {' '.join(malformed)}")
+    cmd_args = unknown + ([f"--data_path={args.data_path}"] if args.data_path else [])
+    return args, cmd_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, cmd_args = parse_args(argv)
+    file_config = read_config_files(args.config_files)
+    dataset = args.dataset or file_config.get("dataset") or "ml-100k"
+    declared = SweepSpec.from_config(file_config, " ".join(args.config_files))
+    spec = declared or SweepSpec(models=["SASRec"])
+    if args.models or args.model:
+        spec.models = args.models or [args.model]
+    if args.seeds:
+        spec.seeds = args.seeds
+    if len(spec.runs()) == 1 and not (declared or args.models or args.run_id):
+        model, seed = spec.runs()[0]
+        run_model(model, dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
+        return
+    run_dir = run_sweep(spec, dataset, args.config_files, cmd_args, args.output_dir, args.run_id)
+    print((run_dir / "summary.md").read_text())
+    print(f"Sweep written to {run_dir}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
