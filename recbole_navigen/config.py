@@ -63,6 +63,11 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset) -> None:
         super()._load_internal_config_dict(model, model_class, dataset)
+        if not (PROPERTIES_DIR / "overall.yaml").is_file():
+            raise FileNotFoundError(
+                f"{PROPERTIES_DIR / 'overall.yaml'} is missing: recbole_navigen reads properties/ and "
+                "dataset_configs/ from its checkout, so install it with `pip install -e .`."
+            )
         dataset_file = DATASET_CONFIGS_DIR / f"{dataset}.yaml"
         for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file):
             if file.is_file():
