@@ -23,6 +23,7 @@ setup(
         "pyyaml",
         "pandas<3",  # pandas 3 breaks RecBole's token_seq loading and its fillna(inplace=True)
         "tqdm",
+        "openai>=1.40",
     ],
     extras_require={
         "test": ["pytest"],
