@@ -1,8 +1,9 @@
-"""Command line: train and evaluate one model, or compare several in a sweep.
+"""Command line: train and evaluate one model, compare several in a sweep, or build identifiers.
 
     python run_recbole_navigen.py --model=SASRec --dataset=ml-100k
     python run_recbole_navigen.py --models=SASRec,GRU4Rec --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py --dataset=amazon --config_files=dataset_configs/sweeps/amazon.yaml
+    python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
 
 Any other `--key=value` is a RecBole config parameter and wins over every file.
 """
@@ -15,7 +16,7 @@ import sys
 
 import recbole_navigen  # noqa: F401  (applies the RecBole compatibility shims first)
 from recbole_navigen.config import read_config_files
-from recbole_navigen.quick_start import run_model
+from recbole_navigen.quick_start import run_identifiers, run_model
 from recbole_navigen.sweep import SweepSpec, run_sweep
 
 
@@ -38,14 +39,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if malformed:
         parser.error(f"config parameters are given as --key=value, not {' '.join(malformed)}")
     cmd_args = unknown + ([f"--data_path={args.data_path}"] if args.data_path else [])
+    args.file_config = read_config_files(args.config_files)
+    args.dataset = args.dataset or args.file_config.get("dataset") or "ml-100k"
     return args, cmd_args
 
 
-def main(argv: list[str] | None = None) -> None:
+def identifiers(argv: list[str]) -> None:
+    """Build or load a dataset's identifiers; print the stats table and ten sample items."""
+    from recbole_navigen.identifiers.report import sample_items, stats_table
+
     args, cmd_args = parse_args(argv)
-    file_config = read_config_files(args.config_files)
-    dataset = args.dataset or file_config.get("dataset") or "ml-100k"
-    declared = SweepSpec.from_config(file_config, " ".join(args.config_files))
+    built = run_identifiers(args.model or "SASRec", args.dataset, args.config_files, None, cmd_args)
+    print(stats_table(built))
+    print(sample_items(built))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "identifiers":
+        identifiers(argv[1:])
+        return
+    args, cmd_args = parse_args(argv)
+    declared = SweepSpec.from_config(args.file_config, " ".join(args.config_files))
     spec = declared or SweepSpec(models=["SASRec"])
     if args.models or args.model:
         spec.models = args.models or [args.model]
@@ -53,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         spec.seeds = args.seeds
     if len(spec.runs()) == 1 and not (declared or args.models or args.run_id):
         model, seed = spec.runs()[0]
-        run_model(model, dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
+        run_model(model, args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
         return
-    run_dir = run_sweep(spec, dataset, args.config_files, cmd_args, args.output_dir, args.run_id)
+    run_dir = run_sweep(spec, args.dataset, args.config_files, cmd_args, args.output_dir, args.run_id)
     print((run_dir / "summary.md").read_text())
     print(f"Sweep written to {run_dir}")
 

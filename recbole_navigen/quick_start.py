@@ -99,3 +99,19 @@ def run_model(
         split_fingerprint=split_fingerprint(train_data, valid_data, test_data),
         config=dict(config.final_config_dict),
     )
+
+
+def run_identifiers(
+    model: str | type,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict | None = None,
+    cmd_args: list[str] | None = None,
+):
+    """Build (or load from the cache) the identifiers of `dataset` under `model`'s settings."""
+    from recbole_navigen.identifiers.build import build_identifiers
+
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    return build_identifiers(config, create_dataset(config))

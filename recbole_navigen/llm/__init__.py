@@ -1,0 +1,1 @@
+"""Loading of pretrained language and embedding models: hub names, local folders and offline aliases."""
