@@ -16,7 +16,7 @@ setup(
     install_requires=[
         "recbole==1.2.1",
         "torch>=2.1",
-        "transformers>=4.45",
+        "transformers>=5.24,<6",  # the `cache=` argument of model forwards
         "peft>=0.13",
         "scikit-learn",
         "faiss-cpu",

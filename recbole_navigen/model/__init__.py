@@ -2,3 +2,7 @@
 
 `recbole_navigen.get_model` looks here first and falls back to RecBole's own models.
 """
+
+from recbole_navigen.model.tiger import TIGER
+
+__all__ = ["TIGER"]

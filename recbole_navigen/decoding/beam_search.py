@@ -1,0 +1,125 @@
+"""Batched beam search that only ever spells item codes that exist.
+
+Every step scores all beams of all users at once: one model call on `[batch * beams]` rows with the KV
+cache, one vectorised trie query for the allowed next code of every beam, one `topk` per user. Scores
+follow Hugging Face's beam search (log-softmax over the whole vocabulary, disallowed tokens at -inf,
+summed over the code tokens and the end token), so results match `generate(num_beams=...,
+prefix_allowed_tokens_fn=...)` while skipping its per-beam Python callback.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from recbole_navigen.identifiers.trie import PrefixTrie
+
+
+class Stepper(Protocol):
+    """A model advanced one token per row, keeping its own cache."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed `tokens` `[rows]`; return next-token logits `[rows, vocab]`."""
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the cache of `rows` (beam i continues from row `rows[i]`)."""
+
+
+@dataclass
+class BeamResult:
+    """Beams per user, best first: `items` (-1 where no item), `scores` (summed log-probs), `codes`."""
+
+    items: torch.Tensor  # [batch, beams]
+    scores: torch.Tensor  # [batch, beams]
+    codes: torch.Tensor  # [batch, beams, levels]
+
+
+@contextmanager
+def _timed(timings: dict | None, key: str):
+    start = perf_counter()
+    yield
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + perf_counter() - start
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    stepper: Stepper,
+    batch_size: int,
+    trie: PrefixTrie,
+    token_table: torch.Tensor,
+    start_token_id: int,
+    end_token_id: int,
+    beam_size: int,
+    timings: dict | None = None,
+) -> BeamResult:
+    """Beam search over `trie`'s codes, then the end token; `stepper` holds `batch_size * beam_size` rows.
+
+    `token_table[level, code]` is the vocabulary id of a code token (-1 past a level's size). `timings`,
+    when given, accumulates seconds spent in the model (`model`) and in the trie and masks (`trie`).
+    """
+    device = token_table.device
+    rows, levels, width = batch_size * beam_size, trie.depth, trie.k_max
+    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    prefix = torch.empty((rows, 0), dtype=torch.long, device=device)
+    tokens = torch.full((rows,), start_token_id, dtype=torch.long, device=device)
+    row_base = torch.arange(batch_size, device=device).unsqueeze(1) * beam_size
+    for level in range(levels + 1):
+        with _timed(timings, "model"):
+            log_probs = F.log_softmax(stepper.step(tokens).float(), dim=-1)
+        with _timed(timings, "trie"):
+            allowed = trie.allowed(prefix)
+            if level < levels:
+                candidates = log_probs.gather(1, token_table[level].clamp(min=0).expand(rows, width))
+                candidates = candidates.masked_fill(~allowed[:, :width], float("-inf"))
+            else:
+                candidates = log_probs[:, end_token_id : end_token_id + 1].masked_fill(~allowed[:, width:], float("-inf"))
+            total = (scores.reshape(rows, 1) + candidates).reshape(batch_size, -1)
+            scores, index = total.topk(beam_size, dim=1)
+            origin = (row_base + index // candidates.shape[1]).reshape(rows)
+            if level == levels:
+                prefix = prefix[origin]
+                break
+            code = (index % candidates.shape[1]).reshape(rows)
+            prefix = torch.cat([prefix[origin], code.unsqueeze(1)], dim=1)
+            # Beams left at -inf (fewer valid codes than beams) may carry a code past the level's size.
+            tokens = token_table[level, code].clamp(min=0)
+        with _timed(timings, "model"):
+            stepper.reorder(origin)
+    with _timed(timings, "trie"):
+        items = trie.item_of(prefix).reshape(batch_size, beam_size)
+        items = items.masked_fill(torch.isinf(scores), -1)
+    return BeamResult(items, scores, prefix.reshape(batch_size, beam_size, levels))
+
+
+class Seq2SeqStepper:
+    """Drives a transformers encoder-decoder (e.g. T5): encodes once, then one decoder token per step."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int) -> None:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        from transformers.modeling_outputs import BaseModelOutput
+
+        self.model = model
+        hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        self.encoder_outputs = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(beam_size, dim=0))
+        self.attention_mask = attention_mask.repeat_interleave(beam_size, dim=0)
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        output = self.model(
+            encoder_outputs=self.encoder_outputs,
+            attention_mask=self.attention_mask,
+            decoder_input_ids=tokens.unsqueeze(1),
+            cache=self.cache,  # updated in place
+            use_cache=True,
+        )
+        return output.logits[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows)
