@@ -1,6 +1,6 @@
 """Benchmark the identifier layer on a real catalogue: CID build (rq_kmeans vs rq_vae) and TID extraction.
 
-    python bench/identifiers.py --dataset=amazon --data_path=../shared/datasets
+    python -m bench.identifiers --dataset=amazon --data_path=../shared/datasets
 
 Both quantizers read the same text embeddings; writes `bench/results/identifiers.md`.
 """
@@ -8,30 +8,21 @@ Both quantizers read the same text embeddings; writes `bench/results/identifiers
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 from time import perf_counter
 
-import torch
 from recbole.data import create_dataset
 
 import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
+from bench.machine import machine
 from recbole_navigen.config import Config
-from recbole_navigen.identifiers.build import CID_KEYS
-from recbole_navigen.identifiers.embeddings import item_embeddings
+from recbole_navigen.identifiers.build import CID_KEYS, identifier_settings, load_or_build_embeddings
 from recbole_navigen.identifiers.item_text import build_item_texts
 from recbole_navigen.identifiers.quantize import build_cids
 from recbole_navigen.identifiers.tid_keyphrase import extract_terms_keyphrase
 
 RESULTS = Path(__file__).parent / "results" / "identifiers.md"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str]) -> None:
@@ -42,9 +33,11 @@ def main(argv: list[str]) -> None:
     items = build_item_texts(create_dataset(config), config["item_text_fields"], config["item_text_missing"])
     n_items = len(items.texts) - 1
 
-    start = perf_counter()
-    embeddings = item_embeddings(config, items.texts[1:], items.item_ids)
-    embed_seconds = perf_counter() - start
+    # Through the identifier cache: a later `identifiers` command reuses these embeddings.
+    cache = Path(config["identifiers_dir"]) / config["dataset_name"]
+    cache.mkdir(parents=True, exist_ok=True)
+    embeddings, embedding_stats = load_or_build_embeddings(config, items, identifier_settings(config, items)["embedding"], cache)
+    embed_note = "read from the identifier cache" if embedding_stats["cached"] else f"{embedding_stats['seconds']:.1f} s"
 
     rows = []
     for method in ("rq_kmeans", "rq_vae"):
@@ -66,9 +59,9 @@ def main(argv: list[str]) -> None:
 
     table = "\n".join([
         f"# Identifier build on `{args.dataset}` ({n_items:,} items)", "",
-        f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}. "
-        f"Command: `python bench/identifiers.py --dataset={args.dataset} {' '.join(cmd_args)}`.", "",
-        f"Text embeddings (`{config['text_encoder']}`, dim {embeddings.shape[1]}): {embed_seconds:.1f} s, shared by "
+        f"Machine: {machine()}. "
+        f"Command: `python -m bench.identifiers --dataset={args.dataset} {' '.join(cmd_args)}`.", "",
+        f"Text embeddings (`{config['text_encoder']}`, dim {embeddings.shape[1]}): {embed_note}, shared by "
         f"both quantizers. CID: {config['cid_levels']} levels x {config['cid_codebook_size']} codes; rq_vae: "
         f"{config['rqvae_epochs']} epochs, hidden {config['rqvae_hidden_sizes']}, latent {config['rqvae_latent_dim']}.",
         "",

@@ -12,6 +12,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_navigen.config import Config
+from recbole_navigen.evaluation.sampling import apply_eval_user_sample
 from recbole_navigen.utils import get_trainer
 
 
@@ -27,6 +28,7 @@ class RunResult:
     test: dict[str, float]
     train_seconds: float
     eval_users: int
+    total_users: int
     eval_users_per_second: float
     n_params: int
     split_fingerprint: str
@@ -67,6 +69,7 @@ def run_model(
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    valid_data, test_data = apply_eval_user_sample(config, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = config.model_class(config, train_data._dataset).to(config["device"])
@@ -94,6 +97,7 @@ def run_model(
         test={key: float(value) for key, value in test.items()},
         train_seconds=round(train_seconds, 3),
         eval_users=eval_users,
+        total_users=data.user_num - 1,
         eval_users_per_second=round(eval_users / max(eval_seconds, 1e-9), 2),
         n_params=sum(p.numel() for p in recommender.parameters()),
         split_fingerprint=split_fingerprint(train_data, valid_data, test_data),

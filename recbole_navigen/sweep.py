@@ -101,6 +101,8 @@ def summarise(results: list[dict]) -> list[dict]:
     fingerprints = {result["split_fingerprint"] for result in results}
     if len(fingerprints) > 1:
         raise RuntimeError(f"the sweep's runs saw different data splits: {sorted(fingerprints)}")
+    if len({result["eval_users"] for result in results}) > 1:
+        raise RuntimeError("the sweep's runs were evaluated on different numbers of users")
     rows = []
     for model in dict.fromkeys(result["model"] for result in results):
         runs = [result for result in results if result["model"] == model]
@@ -115,12 +117,23 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict], dataset: str, decimals: int = 4) -> str:
-    """The summary as a markdown table; `mean ± std` when a model ran with several seeds."""
+def evaluation_note(results: list[dict]) -> str:
+    """How many users the test metrics cover; says so when `eval_user_sample` restricted them."""
+    first = results[0]
+    sample = first["config"].get("eval_user_sample")
+    if not sample:
+        return f"Test split of `{first['dataset']}`, full ranking over all items, all {first['eval_users']:,} users."
+    return (f"Test split of `{first['dataset']}`, full ranking over all items, on a sample of "
+            f"{first['eval_users']:,} of {first.get('total_users', '?'):,} users (eval_user_sample={sample}, "
+            f"seed {first['config'].get('eval_user_sample_seed')}), the same users for every run.")
+
+
+def markdown_table(rows: list[dict], note: str, decimals: int = 4) -> str:
+    """The summary as a markdown table under `note`; `mean ± std` when a model ran with several seeds."""
     metrics = [key for key in rows[0] if key not in ("model", "seeds") and not key.endswith("_std")]
     metrics = [key for key in metrics if key not in ("train_seconds", "eval_users_per_second", "n_params")]
     header = ["model", "seeds", *metrics, "train s", "eval users/s", "params"]
-    lines = [f"Test split of `{dataset}`, full ranking over all items.", "",
+    lines = [note, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["model"], str(row["seeds"])]
@@ -140,6 +153,6 @@ def write_summary(run_dir: Path, results: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(run_dir / "summary.csv", buffer.getvalue())
-    table = markdown_table(rows, results[0]["dataset"])
+    table = markdown_table(rows, evaluation_note(results))
     write_text_atomic(run_dir / "summary.md", table)
     return table

@@ -13,6 +13,7 @@ import yaml
 
 import run_recbole_navigen
 from recbole_navigen import sweep
+from recbole_navigen.evaluation.sampling import sample_users
 from recbole_navigen.sweep import SweepSpec, summarise
 
 
@@ -94,11 +95,31 @@ def test_bad_sweep_section_names_the_file(tmp_path):
 
 def test_summary_refuses_runs_on_different_splits():
     runs = [
-        {"model": "A", "split_fingerprint": "x", "test": {"ndcg@10": 0.1}},
-        {"model": "B", "split_fingerprint": "y", "test": {"ndcg@10": 0.2}},
+        {"model": "A", "split_fingerprint": "x", "eval_users": 5, "test": {"ndcg@10": 0.1}},
+        {"model": "B", "split_fingerprint": "y", "eval_users": 5, "test": {"ndcg@10": 0.2}},
     ]
     with pytest.raises(RuntimeError, match="different data splits"):
         summarise(runs)
+
+
+def test_eval_user_sample_is_the_same_for_every_model(tiny_name, tiny_file):
+    _run("--models=SASRec,GRU4Rec", f"--dataset={tiny_name}", f"--config_files={tiny_file}", "--run_id=sample",
+         "--eval_user_sample=10")
+    run_dir = Path("results", tiny_name, "sample")
+    runs = [json.loads((run_dir / f"{model}.json").read_text()) for model in ("SASRec", "GRU4Rec")]
+    assert [run["eval_users"] for run in runs] == [10, 10] and runs[0]["total_users"] == 40
+    assert runs[0]["split_fingerprint"] == runs[1]["split_fingerprint"]
+    assert "sample of 10 of 40 users (eval_user_sample=10" in (run_dir / "summary.md").read_text()
+
+
+def test_sample_users_is_seeded_and_checked():
+    users = [f"u{i}" for i in range(50)]
+    assert sample_users(users, 10, seed=1) == sample_users(list(reversed(users)), 10, seed=1)
+    assert sample_users(users, 10, seed=1) != sample_users(users, 10, seed=2)
+    assert len(sample_users(users, 0.2, seed=1)) == 10
+    for bad in (0, 51, 1.5):
+        with pytest.raises(ValueError, match="eval_user_sample"):
+            sample_users(users, bad, seed=1)
 
 
 def test_malformed_parameter_is_an_error():
