@@ -21,11 +21,12 @@ from recbole_navigen.identifiers.item_text import ItemTexts
 from recbole_navigen.identifiers.terms import clean_terms
 
 NAME = "keyphrase"
-_WORDS = re.compile(r"[a-z][a-z0-9'&+-]*[a-z0-9]|[a-z]")
+_TOKENS = re.compile(r"[a-z0-9][a-z0-9'&+-]*")
 
 
 def _words(text: str) -> str:
-    return " ".join(_WORDS.findall(text.lower()))
+    """Lower-cased word tokens that start with a letter ("18i20" and "2nd" are dropped, not cut)."""
+    return " ".join(token.rstrip("'&+-") for token in _TOKENS.findall(text.lower()) if token[0].isalpha())
 
 
 def _overlaps(phrase: str, chosen: list[str]) -> bool:
