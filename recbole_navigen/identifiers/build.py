@@ -124,8 +124,6 @@ def build_terms(config, items: ItemTexts, settings: dict, folder: Path) -> tuple
 
 def build_identifiers(config, dataset) -> Identifiers:
     """Load the identifiers for `dataset` under `config` from the cache, or build and cache them."""
-    from recbole_navigen.identifiers.quantize import build_cids
-
     items = build_item_texts(dataset, config["item_text_fields"], config["item_text_missing"])
     settings = identifier_settings(config, items)
     root = Path(config["identifiers_dir"]) / config["dataset_name"]
@@ -134,6 +132,8 @@ def build_identifiers(config, dataset) -> Identifiers:
         logger.info("identifiers: reusing %s", folder)
         stats = json.loads((folder / "stats.json").read_text())
         return Identifiers(ItemTokenizer.load(folder), stats, folder, items.texts)
+
+    from recbole_navigen.identifiers.quantize import build_cids  # faiss: only needed to build
 
     root.mkdir(parents=True, exist_ok=True)
     embeddings, embedding_stats = load_or_build_embeddings(config, items, settings["embedding"], root)
