@@ -122,4 +122,6 @@ class Seq2SeqStepper:
         return output.logits[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder_cache(rows)
+        # Beams only ever continue beams of the same user, whose cross-attention keys and values are
+        # identical: reordering the decoder's self-attention cache is enough.
+        self.cache.self_attention_cache.reorder_cache(rows)
