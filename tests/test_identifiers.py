@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from recbole.data import create_dataset
 
@@ -109,3 +110,19 @@ def test_identifiers_command_prints_stats_and_samples(tiny_name, identifier_conf
     printed = capsys.readouterr().out
     assert "| level | codebook size |" in printed and "collisions after: 0" in printed
     assert printed.count("<|cid_begin|>") == 10
+
+
+def test_collaborative_and_fused_embeddings(tiny_name, identifier_config):
+    from recbole_navigen.identifiers.embeddings import item_embeddings
+
+    config, dataset = _dataset(tiny_name, {**identifier_config, "collab_epochs": 1, "item_embedding": "fused",
+                                           "fused_text_weight": 0.25})
+    items = build_item_texts(dataset, config["item_text_fields"])
+    fused = item_embeddings(config, items.texts[1:], items.item_ids)
+    # SASRec's item table (hidden_size 16 in the tiny config) after the 32-dim text encoder's output.
+    assert fused.shape == (dataset.item_num - 1, 32 + 16)
+    norms = np.linalg.norm(fused, axis=1)
+    assert np.allclose(norms, np.sqrt(0.25**2 + 0.75**2), atol=1e-5)  # each part unit length, then weighted
+    config, _ = _dataset(tiny_name, {**identifier_config, "collab_epochs": 1, "item_embedding": "collaborative"})
+    collaborative = item_embeddings(config, items.texts[1:], items.item_ids)
+    assert np.allclose(collaborative, fused[:, 32:] / 0.75, atol=1e-5)  # same seed, same training

@@ -12,7 +12,6 @@ Row i is internal item id i + 1: the padding item 0 has no embedding.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -62,14 +61,9 @@ def collaborative_embeddings(config, item_ids: list[str]) -> np.ndarray:
     from recbole_navigen.config import Config
     from recbole_navigen.utils import get_trainer
 
-    collab = Config(
-        config["collab_model"],
-        config["dataset_name"],
-        config_dict={"epochs": config["collab_epochs"], "data_path": os.path.dirname(config["data_path"]),
-                     "seed": config["seed"], "show_progress": config["show_progress"],
-                     "checkpoint_dir": config["checkpoint_dir"]},
-        cmd_args=[],
-    )
+    # The user's own settings (files, dict, command line) give the dataset exactly as `config` sees it.
+    settings = {**config.external_config_dict, "epochs": config["collab_epochs"], "seed": config["seed"]}
+    collab = Config(config["collab_model"], config["dataset_name"], config_dict=settings, cmd_args=[])
     init_seed(collab["seed"], collab["reproducibility"])
     dataset = create_dataset(collab)
     if list(dataset.field2id_token[dataset.iid_field]) != list(item_ids):
