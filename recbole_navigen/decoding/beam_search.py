@@ -98,6 +98,15 @@ def constrained_beam_search(
     return BeamResult(items, scores, prefix.reshape(batch_size, beam_size, levels))
 
 
+def beams_to_scores(result: BeamResult, n_items: int) -> torch.Tensor:
+    """RecBole's full-sort score table `[batch, n_items]`: each beam's score at its item, -inf elsewhere."""
+    scores = torch.full((len(result.items), n_items), float("-inf"), device=result.scores.device)
+    found = result.items >= 0
+    rows = torch.arange(len(result.items), device=scores.device).unsqueeze(1).expand_as(result.items)
+    scores[rows[found], result.items[found]] = result.scores[found]
+    return scores
+
+
 class Seq2SeqStepper:
     """Drives a transformers encoder-decoder (e.g. T5): encodes once, then one decoder token per step."""
 
@@ -125,3 +134,33 @@ class Seq2SeqStepper:
         # Beams only ever continue beams of the same user, whose cross-attention keys and values are
         # identical: reordering the decoder's self-attention cache is enough.
         self.cache.self_attention_cache.reorder_cache(rows)
+
+
+class CausalStepper:
+    """Drives a causal LM: the prompt is prefilled once per user, its cache copied to every beam, then one
+    token per step. Prompts are left-padded and all end with the search's start token (for NaviGen the
+    CID begin marker of the forced answer prefix), which the first `step` feeds."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int) -> None:
+        from transformers.cache_utils import DynamicCache
+
+        self.model = model
+        mask = attention_mask[:, :-1]
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+        self.cache = DynamicCache()
+        model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=positions, cache=self.cache,
+              use_cache=True)
+        self.cache.batch_repeat_interleave(beam_size)
+        self.attention_mask = mask.repeat_interleave(beam_size, dim=0)
+        self.position = positions[:, -1:].repeat_interleave(beam_size, dim=0) + 1
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        ones = self.attention_mask.new_ones((len(tokens), 1))
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+        output = self.model(input_ids=tokens.unsqueeze(1), attention_mask=self.attention_mask,
+                            position_ids=self.position, cache=self.cache, use_cache=True)
+        self.position = self.position + 1
+        return output.logits[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows)

@@ -12,7 +12,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_navigen.decoding.beam_search import Seq2SeqStepper, constrained_beam_search
+from recbole_navigen.decoding.beam_search import Seq2SeqStepper, beams_to_scores, constrained_beam_search
 from recbole_navigen.identifiers.build import build_identifiers
 
 PAD, END = 0, 1  # T5 also starts decoding from the pad token
@@ -86,9 +86,4 @@ class TIGER(SequentialRecommender):
 
     @torch.no_grad()
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        result = self.beam_search(interaction)
-        scores = torch.full((len(result.items), self.n_items), float("-inf"), device=result.scores.device)
-        found = result.items >= 0
-        rows = torch.arange(len(result.items), device=scores.device).unsqueeze(1).expand_as(result.items)
-        scores[rows[found], result.items[found]] = result.scores[found]
-        return scores
+        return beams_to_scores(self.beam_search(interaction), self.n_items)
