@@ -76,3 +76,24 @@ def test_stage_one_trains_only_new_rows_and_head(tiny_name, navigen_config):
     new[model.token_table[model.token_table >= 0]] = True
     new[[model.begin_id, model.end_id]] = True
     assert torch.equal(embedding[~new], before[~new]) and not torch.equal(embedding[new], before[new])
+
+
+def test_checkpoint_holds_only_trained_weights_and_reloads(tiny_name, navigen_config):
+    model, train, test = _model(tiny_name, navigen_config)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.calculate_loss(next(iter(train))).backward()
+    optimizer.step()
+    state = model.state_dict()
+    assert state and all("lora_" in key or "embed_tokens" in key or "lm_head" in key for key in state)
+    assert not any("mlp" in key and "lora_" not in key for key in state)  # the frozen backbone is not saved
+
+    reloaded, _, _ = _model(tiny_name, navigen_config)
+    reloaded.load_state_dict(state)
+    reloaded.load_other_parameter(model.other_parameter())
+    interaction = next(iter(test))[0]
+    model.eval(), reloaded.eval()
+    assert torch.equal(model.beam_search(interaction).items, reloaded.beam_search(interaction).items)
+    with pytest.raises(RuntimeError, match="lacks trained weights"):
+        reloaded.load_state_dict({})
+    with pytest.raises(RuntimeError, match="identifiers"):
+        reloaded.load_other_parameter({"identifiers": "other"})

@@ -41,6 +41,8 @@ class NaviGen(SequentialRecommender):
         super().__init__(config, dataset)
         identifiers = build_identifiers(config, dataset)
         self.items = identifiers.tokenizer
+        self.identifiers_key = identifiers.folder.name
+        self.llm_path = config["llm_path"]
         self.history_format = config["history_format"]
         self.max_length = config["max_length"]
         self.beam_size = config["beam_size"]
@@ -59,6 +61,29 @@ class NaviGen(SequentialRecommender):
         self.tid2cid_items = torch.tensor([i for i in range(1, self.items.n_items) if self.items.tid(i)])
         self.generator = torch.Generator().manual_seed(config["seed"])
         self.task_counts: Counter[str] = Counter()
+
+    def state_dict(self, *args, **kwargs):
+        """Only the weights training changes (adapters, code-token rows, head): RecBole's checkpoints then
+        hold no copy of the frozen backbone, which `llm_path` rebuilds."""
+        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        full = super().state_dict(*args, **kwargs)
+        return type(full)((key, value) for key, value in full.items() if key in trainable)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        missing = sorted(trainable - set(state_dict))
+        if strict and missing:
+            raise RuntimeError(f"NaviGen checkpoint lacks trained weights {missing[:5]} (stage or adapters differ?)")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def other_parameter(self) -> dict:
+        """Saved beside the weights by RecBole: which identifiers and backbone they belong to."""
+        return {"identifiers": self.identifiers_key, "llm_path": self.llm_path}
+
+    def load_other_parameter(self, para: dict | None) -> None:
+        if para and para.get("identifiers") != self.identifiers_key:
+            raise RuntimeError(f"checkpoint made with identifiers {para.get('identifiers')}, "
+                               f"this model uses {self.identifiers_key}: item codes would not match")
 
     @staticmethod
     def _trainable(llm, new_ids: torch.Tensor, config):
