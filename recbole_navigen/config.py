@@ -1,7 +1,8 @@
 """The plugin's `Config`: RecBole's own, with the plugin's YAML layered in and datasets resolved.
 
 Precedence, lowest first: RecBole's defaults < `properties/overall.yaml` < `properties/<Model>.yaml`
-< `dataset_configs/<dataset>.yaml` < `config_file_list` < `config_dict` < command-line `--key=value`.
+< `dataset_configs/<dataset>.yaml` < `properties/profiles/<profile>.yaml` (when `profile` is set) <
+`config_file_list` < `config_dict` < command-line `--key=value`.
 """
 
 from __future__ import annotations
@@ -69,7 +70,14 @@ class Config(RecBoleConfig):
                 "dataset_configs/ from its checkout, so install it with `pip install -e .`."
             )
         dataset_file = DATASET_CONFIGS_DIR / f"{dataset}.yaml"
-        for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file):
+        files = [PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file]
+        profile = self.external_config_dict.get("profile")
+        if profile:
+            files.append(PROPERTIES_DIR / "profiles" / f"{profile}.yaml")
+            if not files[-1].is_file():
+                known = sorted(path.stem for path in (PROPERTIES_DIR / "profiles").glob("*.yaml"))
+                raise FileNotFoundError(f"unknown profile '{profile}': {files[-1]} does not exist; profiles: {known}")
+        for file in files:
             if file.is_file():
                 loaded = self._update_internal_config_dict(file) or {}
                 if file == dataset_file:

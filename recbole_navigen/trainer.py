@@ -1,1 +1,36 @@
 """Trainers for the plugin's models, named `<Model>Trainer`; models without one use RecBole's."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+from recbole.trainer import Trainer
+
+
+class StepLimited:
+    """A RecBole data loader cut to its first `steps` batches per pass (attributes pass through)."""
+
+    def __init__(self, loader, steps: int) -> None:
+        self.loader, self.steps = loader, steps
+
+    def __iter__(self):
+        return islice(iter(self.loader), self.steps)
+
+    def __len__(self) -> int:
+        return min(self.steps, len(self.loader))
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+class NaviGenTrainer(Trainer):
+    """RecBole's Trainer with `train_steps_per_epoch` (a cap on batches per epoch, for quick CPU runs)
+    and the epoch's task mix in the log."""
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        steps = self.config["train_steps_per_epoch"]
+        self.model.task_counts.clear()
+        loss = super()._train_epoch(StepLimited(train_data, steps) if steps else train_data, epoch_idx,
+                                    loss_func, show_progress)
+        self.logger.info(f"epoch {epoch_idx} task mix: {dict(sorted(self.model.task_counts.items()))}")
+        return loss

@@ -87,3 +87,12 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
     message = str(error.value)
     assert str(tmp_path / "amazon-instruments" / "amazon-instruments.inter") in message
     assert "--data_path" in message and "NAVIGEN_DATA_PATH" in message and "prepare_amazon" in message
+
+
+def test_profile_sits_between_dataset_config_and_user_settings(tiny_name, tiny_config):
+    config = Config("SASRec", "ml-100k", cmd_args=["--profile=cpu-small"])
+    assert config["epochs"] == 2 and config["eval_user_sample"] == 100  # over ml-100k.yaml's epochs: 20
+    config = Config("SASRec", "ml-100k", cmd_args=["--profile=cpu-small", "--epochs=7"])
+    assert config["epochs"] == 7
+    with pytest.raises(FileNotFoundError, match="unknown profile 'fast'.*cpu-small"):
+        Config("SASRec", tiny_name, config_dict=tiny_config, cmd_args=["--profile=fast"])

@@ -97,3 +97,18 @@ def test_checkpoint_holds_only_trained_weights_and_reloads(tiny_name, navigen_co
         reloaded.load_state_dict({})
     with pytest.raises(RuntimeError, match="identifiers"):
         reloaded.load_other_parameter({"identifiers": "other"})
+
+
+def test_trainer_caps_steps_and_logs_the_task_mix(tiny_name, navigen_config, caplog):
+    import logging
+
+    from recbole_navigen.trainer import NaviGenTrainer
+
+    config = Config("NaviGen", tiny_name, config_dict={**navigen_config, "train_steps_per_epoch": 2}, cmd_args=[])
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = NaviGen(config, train._dataset)
+    assert recbole_navigen.get_trainer(config["MODEL_TYPE"], "NaviGen") is NaviGenTrainer
+    caplog.set_level(logging.INFO)
+    NaviGenTrainer(config, model)._train_epoch(train, 0)
+    assert sum(model.task_counts.values()) == 2 * config["train_batch_size"] < len(train.dataset)
+    assert "epoch 0 task mix: {'cid2cid'" in caplog.text
