@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tokenizers import AddedToken
 
-from recbole_navigen.llm.pretrained import resolve_pretrained
+from recbole_navigen.llm.pretrained import resolve_pretrained, save_pretrained_atomic
 
 TINY = "tiny"
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
@@ -71,17 +68,7 @@ def build_tiny_backbone(texts: list[str], folder: Path, settings: dict) -> Path:
     torch.manual_seed(settings["seed"])
     model = LlamaForCausalLM(config)
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, folder)
-    except OSError:
-        if not (folder / "config.json").is_file():  # else a concurrent build finished first: keep its copy
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_pretrained_atomic(model, tokenizer, folder)
     return folder
 
 

@@ -66,6 +66,12 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     if not tokenizer.chat_template:
         raise ValueError(f"{gguf_path} carries no chat template")
+    save_pretrained_atomic(model, tokenizer, target)
+
+
+def save_pretrained_atomic(model, tokenizer, target: Path) -> None:
+    """`save_pretrained` model and tokenizer into `target` through a folder beside it renamed at the end, so
+    `target` is complete or absent; when a concurrent process finished first, its copy is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -73,8 +79,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
     except OSError:
-        if (target / "config.json").is_file():  # a concurrent process finished first: keep its copy
-            return
-        raise
+        if not (target / "config.json").is_file():
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
