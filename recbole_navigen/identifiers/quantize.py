@@ -8,16 +8,20 @@ Input rows are items (no padding row); codes are int64 `[n_items, levels]`, plus
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+# faiss logs at INFO every SIMD build it could not load before the one it uses: noise in every run's log.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 
 @dataclass
