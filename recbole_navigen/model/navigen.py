@@ -125,10 +125,13 @@ class NaviGen(SequentialRecommender):
                 samples.append(tid2cid_sample(self.items, int(self.tid2cid_items[pick])))
         return samples
 
-    def calculate_loss(self, interaction) -> torch.Tensor:
+    def training_batch(self, interaction) -> dict[str, torch.Tensor]:
+        """The batch's chats as padded token ids, attention mask and answer-only labels, on the model's device."""
         batch = encode_for_training(self.samples(interaction), self.hf_tokenizer, self.max_length)
-        batch = {key: value.to(self.token_table.device) for key, value in batch.items()}
-        return self.llm(**batch).loss
+        return {key: value.to(self.token_table.device) for key, value in batch.items()}
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        return self.llm(**self.training_batch(interaction)).loss
 
     @torch.no_grad()
     def beam_search(self, interaction, timings: dict | None = None):

@@ -1,0 +1,91 @@
+"""Training and evaluation throughput of SASRec, TIGER and NaviGen on the same data and users.
+
+    python -m bench.throughput --dataset=amazon --data_path=../shared/datasets --models=SASRec,TIGER,NaviGen
+
+Per model: training examples/s over `--train_batches` optimizer steps (Adam, the model's own batch size,
+after one warm-up step) and, for NaviGen, training tokens/s; evaluated users/s of `full_sort_predict`
+(beam search for TIGER and NaviGen) over the same `--eval_users` test users. Untrained weights: this
+measures cost, not quality. Writes `bench/results/throughput.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from time import perf_counter
+
+import torch
+from recbole.data import create_dataset, data_preparation
+
+import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
+from bench.beam_search import first_users
+from bench.machine import machine
+from recbole_navigen.config import Config
+
+RESULTS = Path(__file__).parent / "results" / "throughput.md"
+
+
+def measure(name: str, dataset: str, train_batches: int, eval_users: int, cmd_args: list[str]) -> str:
+    config = Config(name, dataset, config_dict={"show_progress": False}, cmd_args=cmd_args)
+    train, _, test = data_preparation(config, create_dataset(config))
+    torch.manual_seed(config["seed"])
+    model = config.model_class(config, train._dataset)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config["learning_rate"])
+    batches = iter(train)
+    examples = tokens = 0
+    start = None
+    for step in range(train_batches + 1):
+        if step == 1:  # the first step warms up allocators and caches
+            start, examples, tokens = perf_counter(), 0, 0
+        interaction = next(batches)
+        optimizer.zero_grad()
+        if name == "NaviGen":  # count the tokens of the chats it trains on, padding excluded
+            batch = model.training_batch(interaction)
+            tokens += int(batch["attention_mask"].sum())
+            model.llm(**batch).loss.backward()
+        else:
+            model.calculate_loss(interaction).backward()
+        optimizer.step()
+        examples += len(interaction)
+    train_seconds = perf_counter() - start
+    model.eval()
+    users = first_users(test, eval_users)
+    start = perf_counter()
+    with torch.no_grad():
+        for first in range(0, eval_users, config["eval_batch_size"]):
+            model.full_sort_predict(users[torch.arange(first, min(first + config["eval_batch_size"], eval_users))])
+    eval_seconds = perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    token_rate = f"{tokens / train_seconds:,.0f}" if tokens else "n/a"
+    return (f"| {name} | {params:,} | {config['train_batch_size']} | {examples / train_seconds:,.1f} | "
+            f"{token_rate} | {eval_users / eval_seconds:,.1f} |")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="amazon")
+    parser.add_argument("--models", default="SASRec,TIGER,NaviGen")
+    parser.add_argument("--train_batches", type=int, default=10)
+    parser.add_argument("--eval_users", type=int, default=64)
+    args, cmd_args = parser.parse_known_args(argv)
+    rows = [measure(name, args.dataset, args.train_batches, args.eval_users, cmd_args)
+            for name in args.models.split(",")]
+    table = "\n".join([
+        f"# Throughput on `{args.dataset}`", "",
+        f"Machine: {machine()}. Command: `python -m bench.throughput --dataset={args.dataset} "
+        f"--models={args.models} --train_batches={args.train_batches} --eval_users={args.eval_users} "
+        f"{' '.join(cmd_args)}`.", "",
+        "Each model with its own defaults (`properties/<Model>.yaml`); untrained weights; one process, "
+        "models one after another.", "",
+        "| model | parameters | batch | training examples/s | training tokens/s | evaluated users/s |",
+        "|---|---|---|---|---|---|",
+        *rows, "",
+    ])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
