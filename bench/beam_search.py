@@ -2,7 +2,7 @@
 
     python -m bench.beam_search --dataset=amazon --data_path=../shared/datasets
 
-Same model (TIGER trained `--train_epochs` on the training split), same users, same beam size. The
+Same model (TIGER after `--train_steps` training batches), same users, same beam size. The
 reference is what public generative recommenders do: `generate(num_beams=B, prefix_allowed_tokens_fn=...)`
 per user with a Python dict trie. Both must return identical ranked items (asserted). Writes
 `bench/results/beam_search.md`.
@@ -25,6 +25,7 @@ from bench.machine import machine
 from recbole_navigen.config import Config
 from recbole_navigen.decoding.hf_reference import dict_trie, generate_one_by_one
 from recbole_navigen.model.tiger import END, TIGER
+from recbole_navigen.trainer import StepLimited
 
 RESULTS = Path(__file__).parent / "results" / "beam_search.md"
 
@@ -44,15 +45,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dataset", default="amazon")
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--batch_sizes", default="1,8,32,64")
-    parser.add_argument("--train_epochs", type=int, default=1)
+    parser.add_argument("--train_steps", type=int, default=100)
     args, cmd_args = parser.parse_known_args(argv)
-    config = Config("TIGER", args.dataset, config_dict={"epochs": args.train_epochs, "show_progress": False},
-                    cmd_args=cmd_args)
+    config = Config("TIGER", args.dataset, config_dict={"epochs": 1, "show_progress": False}, cmd_args=cmd_args)
     train, _, test = data_preparation(config, create_dataset(config))
     torch.manual_seed(config["seed"])
     model = TIGER(config, train._dataset)
     start = perf_counter()
-    Trainer(config, model).fit(train, None, saved=False, show_progress=False)  # no validation: not timed here
+    Trainer(config, model).fit(StepLimited(train, args.train_steps), None, saved=False, show_progress=False)
     train_seconds = perf_counter() - start
     model.eval()
     users = first_users(test, args.users)
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
         f"# Constrained beam search on `{args.dataset}`", "",
         f"Machine: {machine()}. Command: `python -m bench.beam_search --dataset={args.dataset} "
         f"{' '.join(cmd_args)}`.", "",
-        f"TIGER ({sum(p.numel() for p in model.parameters()):,} parameters, trained {args.train_epochs} epoch(s) in "
+        f"TIGER ({sum(p.numel() for p in model.parameters()):,} parameters, trained {args.train_steps} batches in "
         f"{train_seconds:.0f} s), "
         f"{model.levels} code levels, beam size {model.beam_size}, {args.users} test users, "
         f"{model.n_items - 1:,} items. Every row returned the same ranked items for every user as the reference.",
