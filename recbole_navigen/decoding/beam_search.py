@@ -23,6 +23,12 @@ from recbole_navigen.identifiers.trie import PrefixTrie
 class Stepper(Protocol):
     """A model advanced one token per row, keeping its own cache."""
 
+    def start(self) -> torch.Tensor:
+        """Read the inputs, one row per user; return the logits of the first code token `[users, vocab]`."""
+
+    def expand(self, beams: int) -> None:
+        """Copy each user's cache to `beams` rows (user-major), after `start`."""
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed `tokens` `[rows]`; return next-token logits `[rows, vocab]`."""
 
@@ -53,26 +59,23 @@ def constrained_beam_search(
     batch_size: int,
     trie: PrefixTrie,
     token_table: torch.Tensor,
-    start_token_id: int,
     end_token_id: int,
     beam_size: int,
     timings: dict | None = None,
 ) -> BeamResult:
-    """Beam search over `trie`'s codes, then the end token; `stepper` holds `batch_size * beam_size` rows.
+    """Beam search over `trie`'s codes, then the end token, for `batch_size` users.
 
-    `token_table[level, code]` is the vocabulary id of a code token (-1 past a level's size). `timings`,
-    when given, accumulates seconds spent in the model (`model`) and in the trie and masks (`trie`).
+    `token_table[level, code]` is the vocabulary id of a code token (-1 past a level's size). The first
+    step runs once per user (all beams start identical) before the cache is copied to every beam.
+    `timings`, when given, accumulates seconds in the model (`model`) and in the trie and masks (`trie`).
     """
     device = token_table.device
-    rows, levels, width = batch_size * beam_size, trie.depth, trie.k_max
-    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    prefix = torch.empty((rows, 0), dtype=torch.long, device=device)
-    tokens = torch.full((rows,), start_token_id, dtype=torch.long, device=device)
-    row_base = torch.arange(batch_size, device=device).unsqueeze(1) * beam_size
+    levels, width = trie.depth, trie.k_max
+    with _timed(timings, "model"):
+        log_probs = F.log_softmax(stepper.start().float(), dim=-1)
+    rows, scores = batch_size, torch.zeros((batch_size, 1), device=device)
+    prefix = torch.empty((batch_size, 0), dtype=torch.long, device=device)
     for level in range(levels + 1):
-        with _timed(timings, "model"):
-            log_probs = F.log_softmax(stepper.step(tokens).float(), dim=-1)
         with _timed(timings, "trie"):
             allowed = trie.allowed(prefix)
             if level < levels:
@@ -81,17 +84,26 @@ def constrained_beam_search(
             else:
                 candidates = log_probs[:, end_token_id : end_token_id + 1].masked_fill(~allowed[:, width:], float("-inf"))
             total = (scores.reshape(rows, 1) + candidates).reshape(batch_size, -1)
+            if total.shape[1] < beam_size:  # first level smaller than the beam: the rest stay at -inf
+                total = F.pad(total, (0, beam_size - total.shape[1]), value=float("-inf"))
             scores, index = total.topk(beam_size, dim=1)
-            origin = (row_base + index // candidates.shape[1]).reshape(rows)
+            beams = rows // batch_size  # 1 at the first step, beam_size after
+            source = (index // candidates.shape[1]).clamp(max=beams - 1)
+            origin = (torch.arange(batch_size, device=device).unsqueeze(1) * beams + source).reshape(-1)
             if level == levels:
                 prefix = prefix[origin]
                 break
-            code = (index % candidates.shape[1]).reshape(rows)
+            code = (index % candidates.shape[1]).reshape(-1)
             prefix = torch.cat([prefix[origin], code.unsqueeze(1)], dim=1)
             # Beams left at -inf (fewer valid codes than beams) may carry a code past the level's size.
             tokens = token_table[level, code].clamp(min=0)
         with _timed(timings, "model"):
-            stepper.reorder(origin)
+            if rows == batch_size:
+                stepper.expand(beam_size)  # beam i of a user came from its only row: a plain copy
+            else:
+                stepper.reorder(origin)
+            rows = batch_size * beam_size
+            log_probs = F.log_softmax(stepper.step(tokens).float(), dim=-1)
     with _timed(timings, "trie"):
         items = trie.item_of(prefix).reshape(batch_size, beam_size)
         items = items.masked_fill(torch.isinf(scores), -1)
@@ -110,15 +122,24 @@ def beams_to_scores(result: BeamResult, n_items: int) -> torch.Tensor:
 class Seq2SeqStepper:
     """Drives a transformers encoder-decoder (e.g. T5): encodes once, then one decoder token per step."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int) -> None:
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-        from transformers.modeling_outputs import BaseModelOutput
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start_token_id: int) -> None:
+        self.model, self.start_token_id = model, start_token_id
+        self.input_ids, self.attention_mask = input_ids, attention_mask
 
-        self.model = model
-        hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        self.encoder_outputs = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(beam_size, dim=0))
-        self.attention_mask = attention_mask.repeat_interleave(beam_size, dim=0)
+    def start(self) -> torch.Tensor:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        self.encoder_outputs = self.model.get_encoder()(input_ids=self.input_ids, attention_mask=self.attention_mask)
         self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        starts = torch.full((len(self.input_ids),), self.start_token_id, device=self.input_ids.device)
+        return self.step(starts)
+
+    def expand(self, beams: int) -> None:
+        # The cross-attention keys and values were computed once per user; copies serve every beam.
+        self.cache.batch_repeat_interleave(beams)
+        hidden = self.encoder_outputs.last_hidden_state.repeat_interleave(beams, dim=0)
+        self.encoder_outputs = type(self.encoder_outputs)(last_hidden_state=hidden)
+        self.attention_mask = self.attention_mask.repeat_interleave(beams, dim=0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         output = self.model(
@@ -137,22 +158,26 @@ class Seq2SeqStepper:
 
 
 class CausalStepper:
-    """Drives a causal LM: the prompt is prefilled once per user, its cache copied to every beam, then one
-    token per step. Prompts are left-padded and all end with the search's start token (for NaviGen the
-    CID begin marker of the forced answer prefix), which the first `step` feeds."""
+    """Drives a causal LM: each user's prompt (left-padded) is prefilled once, its cache copied to every
+    beam, then one token per step."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int) -> None:
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.model, self.input_ids, self.attention_mask = model, input_ids, attention_mask
+
+    def start(self) -> torch.Tensor:
         from transformers.cache_utils import DynamicCache
 
-        self.model = model
-        mask = attention_mask[:, :-1]
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+        positions = (self.attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: count real tokens only
         self.cache = DynamicCache()
-        model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=positions, cache=self.cache,
-              use_cache=True)
-        self.cache.batch_repeat_interleave(beam_size)
-        self.attention_mask = mask.repeat_interleave(beam_size, dim=0)
-        self.position = positions[:, -1:].repeat_interleave(beam_size, dim=0) + 1
+        output = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, position_ids=positions,
+                            cache=self.cache, use_cache=True)
+        self.position = positions[:, -1:] + 1
+        return output.logits[:, -1]
+
+    def expand(self, beams: int) -> None:
+        self.cache.batch_repeat_interleave(beams)
+        self.attention_mask = self.attention_mask.repeat_interleave(beams, dim=0)
+        self.position = self.position.repeat_interleave(beams, dim=0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         ones = self.attention_mask.new_ones((len(tokens), 1))

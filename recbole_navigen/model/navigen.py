@@ -140,13 +140,12 @@ class NaviGen(SequentialRecommender):
         prompts = [cid2cid_prompt(self.items, past, self.history_format) for past in history]
         batch = encode_prompts(prompts, self.hf_tokenizer, CID2CID_ANSWER_PREFIX)
         if not (batch["input_ids"][:, -1] == self.begin_id).all():
-            raise RuntimeError("the cid2cid prompts must end with the CID begin token the search starts from")
+            raise RuntimeError("the cid2cid prompts must end with the CID begin token the codes follow")
         device = self.token_table.device
         self.trie = self.trie.to(device)
-        stepper = CausalStepper(self.llm, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                self.beam_size)
-        return constrained_beam_search(stepper, len(prompts), self.trie, self.token_table, self.begin_id,
-                                       self.end_id, self.beam_size, timings)
+        stepper = CausalStepper(self.llm, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        return constrained_beam_search(stepper, len(prompts), self.trie, self.token_table, self.end_id,
+                                       self.beam_size, timings)
 
     @torch.no_grad()
     def full_sort_predict(self, interaction) -> torch.Tensor:

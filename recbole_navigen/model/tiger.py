@@ -80,8 +80,8 @@ class TIGER(SequentialRecommender):
         """The shared constrained beam search over this model's items."""
         input_ids, attention_mask = self.encoder_inputs(interaction)
         self.trie = self.trie.to(input_ids.device)
-        stepper = Seq2SeqStepper(self.t5, input_ids, attention_mask, self.beam_size)
-        return constrained_beam_search(stepper, len(input_ids), self.trie, self.token_table, PAD, END,
+        stepper = Seq2SeqStepper(self.t5, input_ids, attention_mask, start_token_id=PAD)
+        return constrained_beam_search(stepper, len(input_ids), self.trie, self.token_table, END,
                                        self.beam_size, timings)
 
     @torch.no_grad()
