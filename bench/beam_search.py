@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dataset", default="amazon")
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--batch_sizes", default="1,8,32,64")
-    parser.add_argument("--train_steps", type=int, default=100)
+    parser.add_argument("--train_steps", type=int, default=30)
     args, cmd_args = parser.parse_known_args(argv)
     config = Config("TIGER", args.dataset, config_dict={"epochs": 1, "show_progress": False}, cmd_args=cmd_args)
     train, _, test = data_preparation(config, create_dataset(config))
@@ -80,8 +80,7 @@ def main(argv: list[str]) -> None:
 
     table = "\n".join([
         f"# Constrained beam search on `{args.dataset}`", "",
-        f"Machine: {machine()}. Command: `python -m bench.beam_search --dataset={args.dataset} "
-        f"{' '.join(cmd_args)}`.", "",
+        f"Machine: {machine()}. Command: `python -m bench.beam_search {' '.join(argv)}`.", "",
         f"TIGER ({sum(p.numel() for p in model.parameters()):,} parameters, trained {args.train_steps} batches in "
         f"{train_seconds:.0f} s), "
         f"{model.levels} code levels, beam size {model.beam_size}, {args.users} test users, "
