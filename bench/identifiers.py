@@ -37,7 +37,8 @@ def main(argv: list[str]) -> None:
     cache = Path(config["identifiers_dir"]) / config["dataset_name"]
     cache.mkdir(parents=True, exist_ok=True)
     embeddings, embedding_stats = load_or_build_embeddings(config, items, identifier_settings(config, items)["embedding"], cache)
-    embed_note = "read from the identifier cache" if embedding_stats["cached"] else f"{embedding_stats['seconds']:.1f} s"
+    embed_note = f"{embedding_stats.get('seconds', float('nan')):.1f} s" + (
+        " (when built; read from the identifier cache here)" if embedding_stats["cached"] else "")
 
     rows = []
     for method in ("rq_kmeans", "rq_vae"):

@@ -91,14 +91,14 @@ def test_build_caches_and_rebuilds_on_change(tiny_name, identifier_config, monke
 
     def spy(*args):
         matrix, stats = real(*args)
-        cached.append(stats["cached"])
+        cached.append((stats["cached"], stats["dim"], stats["seconds"] >= 0))
         return matrix, stats
 
     monkeypatch.setattr(build_module, "load_or_build_embeddings", spy)
     changed, _ = _dataset(tiny_name, {**identifier_config, "cid_codebook_size": 4})
     rebuilt = build_identifiers(changed, dataset)
     assert rebuilt.folder != first.folder and rebuilt.tokenizer.level_sizes[:3] == [4, 4, 4]
-    assert cached == [True]  # only the quantizer changed: the embeddings come from the cache
+    assert cached == [(True, 32, True)]  # only the quantizer changed: embeddings and their stats from the cache
 
 
 def test_identifiers_command_prints_stats_and_samples(tiny_name, identifier_config, tmp_path, capsys):

@@ -20,7 +20,8 @@ from pathlib import Path
 from time import perf_counter
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from recbole_navigen.fileio import write_text_atomic
 from recbole_navigen.identifiers.item_text import ItemTexts, build_item_texts
@@ -82,18 +83,22 @@ def identifier_settings(config, items: ItemTexts) -> dict[str, dict]:
 
 
 def load_or_build_embeddings(config, items: ItemTexts, settings: dict, folder: Path) -> tuple[np.ndarray, dict]:
+    """The item embeddings for `settings`, from the cache or computed and cached (with what they cost)."""
     from recbole_navigen.identifiers.embeddings import item_embeddings
 
     path = folder / f"embeddings-{_hash(settings)}.safetensors"
     if path.is_file():
-        return load_file(path)["embeddings"], {"source": config["item_embedding"], "cached": True}
+        with safe_open(path, framework="numpy") as stored:
+            stats = {key: json.loads(value) for key, value in (stored.metadata() or {}).items()}
+            return stored.get_tensor("embeddings"), {**stats, "cached": True}
     start = perf_counter()
-    matrix = item_embeddings(config, items.texts[1:], items.item_ids)
+    matrix = np.ascontiguousarray(item_embeddings(config, items.texts[1:], items.item_ids))
+    stats = {"source": config["item_embedding"], "dim": int(matrix.shape[1]),
+             "seconds": round(perf_counter() - start, 2)}
     partial = path.with_name(path.name + ".partial")
-    save_file({"embeddings": np.ascontiguousarray(matrix)}, partial)
+    save_file({"embeddings": matrix}, partial, metadata={key: json.dumps(value) for key, value in stats.items()})
     os.replace(partial, path)
-    return matrix, {"source": config["item_embedding"], "dim": int(matrix.shape[1]),
-                    "seconds": round(perf_counter() - start, 2), "cached": False}
+    return matrix, {**stats, "cached": False}
 
 
 def build_terms(config, items: ItemTexts, settings: dict, folder: Path) -> tuple[list[list[str]], dict]:

@@ -31,8 +31,8 @@ def stats_table(identifiers: Identifiers) -> str:
         f"{cid['collision_rate']:.4f} ({cid['collision_groups']} groups, at most {cid['max_collision_group']} items); "
         f"extra level: {'yes' if cid['extra_level'] else 'no'}; "
         f"collisions after: {collisions_after(identifiers)}; built in {cid['build_seconds']:.1f} s",
-        f"- embeddings: `{embedding['source']}`" + ("" if embedding.get("cached") else
-                                                   f", dim {embedding['dim']}, {embedding['seconds']:.1f} s"),
+        f"- embeddings: `{embedding['source']}`, dim {embedding.get('dim', '?')}, computed in "
+        f"{embedding.get('seconds', float('nan')):.1f} s{' (read from the cache)' if embedding['cached'] else ''}",
         f"- TID: `{tid['method']}`, {tid['mean_terms']} terms per item on average, "
         f"{tid['seconds_per_1000_items']:.2f} s per 1,000 items",
     ]
