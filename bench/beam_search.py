@@ -17,7 +17,7 @@ from time import perf_counter
 
 import torch
 from recbole.data import create_dataset, data_preparation
-from recbole.data.interaction import Interaction
+from recbole.data.interaction import Interaction, cat_interactions
 from recbole.trainer import Trainer
 
 import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
@@ -37,7 +37,7 @@ def first_users(test_data, count: int) -> Interaction:
         total += len(interaction)
         if total >= count:
             break
-    return Interaction.cat(batches)[torch.arange(count)] if len(batches) > 1 else batches[0][torch.arange(count)]
+    return cat_interactions(batches)[torch.arange(count)]
 
 
 def main(argv: list[str]) -> None:

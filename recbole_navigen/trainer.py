@@ -6,6 +6,8 @@ from itertools import islice
 
 from recbole.trainer import Trainer
 
+from recbole_navigen.llm.backbone import parameter_groups
+
 
 class StepLimited:
     """A RecBole data loader cut to its first `steps` batches per pass (attributes pass through)."""
@@ -24,8 +26,13 @@ class StepLimited:
 
 
 class NaviGenTrainer(Trainer):
-    """RecBole's Trainer with `train_steps_per_epoch` (a cap on batches per epoch, for quick CPU runs)
-    and the epoch's task mix in the log."""
+    """RecBole's Trainer with `train_steps_per_epoch` (a cap on batches per epoch, for quick CPU runs),
+    the epoch's task mix in the log, and only trainable weights in the optimizer, where the row-masked
+    embedding and head get no weight decay (a zero gradient keeps old rows fixed; decay would not)."""
+
+    def _build_optimizer(self, **kwargs):
+        kwargs.setdefault("params", parameter_groups(self.model, self.weight_decay))
+        return super()._build_optimizer(**kwargs)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         steps = self.config["train_steps_per_epoch"]

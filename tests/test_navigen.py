@@ -104,11 +104,15 @@ def test_trainer_caps_steps_and_logs_the_task_mix(tiny_name, navigen_config, cap
 
     from recbole_navigen.trainer import NaviGenTrainer
 
-    config = Config("NaviGen", tiny_name, config_dict={**navigen_config, "train_steps_per_epoch": 2}, cmd_args=[])
+    config = Config("NaviGen", tiny_name, config_dict={**navigen_config, "train_steps_per_epoch": 2,
+                                                       "stage": 1, "weight_decay": 0.1}, cmd_args=[])
     train, _, _ = data_preparation(config, create_dataset(config))
     model = NaviGen(config, train._dataset)
     assert recbole_navigen.get_trainer(config["MODEL_TYPE"], "NaviGen") is NaviGenTrainer
+    embedding = model.llm.get_input_embeddings().weight
+    old_rows = embedding[: model.begin_id].detach().clone()  # the backbone's own tokens come first
     caplog.set_level(logging.INFO)
     NaviGenTrainer(config, model)._train_epoch(train, 0)
     assert sum(model.task_counts.values()) == 2 * config["train_batch_size"] < len(train.dataset)
     assert "epoch 0 task mix: {'cid2cid'" in caplog.text
+    assert torch.equal(embedding[: model.begin_id], old_rows)  # weight decay spared the masked rows
