@@ -68,22 +68,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--models", default="SASRec,TIGER,NaviGen")
     parser.add_argument("--train_batches", type=int, default=10)
     parser.add_argument("--eval_users", type=int, default=64)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the markdown table to write")
     args, cmd_args = parser.parse_known_args(argv)
     rows = [measure(name, args.dataset, args.train_batches, args.eval_users, cmd_args)
             for name in args.models.split(",")]
     table = "\n".join([
         f"# Throughput on `{args.dataset}`", "",
-        f"Machine: {machine()}. Command: `python -m bench.throughput --dataset={args.dataset} "
-        f"--models={args.models} --train_batches={args.train_batches} --eval_users={args.eval_users} "
-        f"{' '.join(cmd_args)}`.", "",
+        f"Machine: {machine()}. Command: `python -m bench.throughput {' '.join(argv)}`.", "",
         "Each model with its own defaults (`properties/<Model>.yaml`); untrained weights; one process, "
         "models one after another.", "",
         "| model | parameters | batch | training examples/s | training tokens/s | evaluated users/s |",
         "|---|---|---|---|---|---|",
         *rows, "",
     ])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table)
     print(table)
 
 
