@@ -16,7 +16,7 @@ import sys
 
 import recbole_navigen  # noqa: F401  (applies the RecBole compatibility shims first)
 from recbole_navigen.config import read_config_files
-from recbole_navigen.quick_start import run_identifiers, run_model
+from recbole_navigen.quick_start import run_identifiers, run_stages
 from recbole_navigen.sweep import SweepSpec, run_sweep
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         spec.seeds = args.seeds
     if len(spec.runs()) == 1 and not (declared or args.models or args.run_id):
         model, seed = spec.runs()[0]
-        run_model(model, args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
+        run_stages(model, args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
         return
     run_dir = run_sweep(spec, args.dataset, args.config_files, cmd_args, args.output_dir, args.run_id)
     print((run_dir / "summary.md").read_text())

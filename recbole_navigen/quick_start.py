@@ -32,6 +32,7 @@ class RunResult:
     eval_users_per_second: float
     n_params: int
     split_fingerprint: str
+    checkpoint: str | None
     config: dict = field(repr=False)
 
     def to_json(self) -> str:
@@ -101,8 +102,35 @@ def run_model(
         eval_users_per_second=round(eval_users / max(eval_seconds, 1e-9), 2),
         n_params=sum(p.numel() for p in recommender.parameters()),
         split_fingerprint=split_fingerprint(train_data, valid_data, test_data),
+        checkpoint=trainer.saved_model_file if saved else None,
         config=dict(config.final_config_dict),
     )
+
+
+def run_stages(
+    model: str | type,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict | None = None,
+    cmd_args: list[str] | None = None,
+    init_logging: bool = True,
+) -> RunResult:
+    """`run_model` once per entry of the model's `stages` key (NaviGen: SFT stage 1, then stage 2), each
+    stage starting from the best checkpoint of the one before; a model without `stages` runs once."""
+    config_dict = dict(config_dict or {})
+    stages = Config(model, dataset, config_file_list, config_dict, cmd_args)["stages"]
+    if not stages:
+        return run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=init_logging)
+    results: list[RunResult] = []
+    for index, stage in enumerate(stages):
+        previous = {"init_from": results[-1].checkpoint} if results else {}
+        results.append(run_model(model, dataset, config_file_list, {**config_dict, "stage": stage, **previous},
+                                 cmd_args, init_logging=init_logging and index == 0))
+    logger = getLogger()
+    for stage, result in zip(stages, results, strict=True):
+        logger.info(set_color(f"stage {stage}", "blue") + f": test {result.test}, trained {result.train_seconds} s, "
+                    f"checkpoint {result.checkpoint}")
+    return results[-1]
 
 
 def run_identifiers(

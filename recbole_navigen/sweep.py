@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from recbole_navigen.fileio import write_text_atomic
-from recbole_navigen.quick_start import run_model
+from recbole_navigen.quick_start import run_stages
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_sweep(
             continue
         logger.info("sweep: run %d/%d, %s", index + 1, len(runs), record.stem)
         config_dict = spec.config_dict(model, seed)
-        result = run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=index == 0)
+        result = run_stages(model, dataset, config_file_list, config_dict, cmd_args, init_logging=index == 0)
         write_text_atomic(record, result.to_json())
         results.append(json.loads(result.to_json()))
         write_summary(run_dir, results)

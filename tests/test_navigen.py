@@ -116,3 +116,22 @@ def test_trainer_caps_steps_and_logs_the_task_mix(tiny_name, navigen_config, cap
     assert sum(model.task_counts.values()) == 2 * config["train_batch_size"] < len(train.dataset)
     assert "epoch 0 task mix: {'cid2cid'" in caplog.text
     assert torch.equal(embedding[: model.begin_id], old_rows)  # weight decay spared the masked rows
+
+
+def test_stages_run_in_order_and_stage_two_starts_from_stage_one(tiny_name, navigen_config, caplog):
+    import logging
+
+    from recbole_navigen.quick_start import run_stages
+
+    caplog.set_level(logging.INFO)
+    quick = {**navigen_config, "epochs": 1, "train_steps_per_epoch": 2, "stages": [1, 2]}
+    final = run_stages("NaviGen", tiny_name, config_dict=quick, cmd_args=[])
+    assert "stage 1" in caplog.text and "stage 2" in caplog.text
+    stage_one = [line for line in caplog.text.splitlines() if "stage 1" in line][-1].rsplit("checkpoint ", 1)[1]
+    assert final.config["stage"] == 2 and final.config["init_from"] == stage_one
+
+    trained = torch.load(stage_one, weights_only=False)["state_dict"]
+    model, _, _ = _model(tiny_name, {**navigen_config, "init_from": stage_one})
+    llm = model.llm.get_base_model()
+    assert torch.equal(llm.get_input_embeddings().weight, trained["llm.model.embed_tokens.weight"])
+    assert torch.equal(llm.get_output_embeddings().weight, trained["llm.lm_head.weight"])  # untied by stage 1

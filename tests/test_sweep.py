@@ -72,7 +72,7 @@ def test_seeds_give_mean_and_std_and_resume(tiny_name, tiny_file, monkeypatch):
     def must_not_run(*_, **__):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(sweep, "run_model", must_not_run)
+    monkeypatch.setattr(sweep, "run_stages", must_not_run)
     _run(*args)  # same run id: everything is done, only the summary is rewritten
 
 

@@ -232,6 +232,16 @@ def _mask_rows(weight: torch.nn.Parameter, keep_ids: torch.Tensor):
     return weight.register_hook(lambda grad: grad.masked_fill(~keep.unsqueeze(-1), 0.0))
 
 
+def load_trained_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    """Load weights an earlier stage trained (embedding rows, head) into `model`, untying its head first
+    when that stage trained the head on its own; any name the model lacks is an error."""
+    if "lm_head.weight" in weights and _is_tied(model):
+        _untie_head(model)
+    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    if unexpected:
+        raise KeyError(f"weights for parameters the backbone does not have: {unexpected[:5]}")
+
+
 def _untie_head(model) -> None:
     """Give the output head its own copy of the embedding weight, and record the untying in the config."""
     head = model.get_output_embeddings()

@@ -18,7 +18,13 @@ from recbole.utils import InputType
 
 from recbole_navigen.decoding.beam_search import CausalStepper, beams_to_scores, constrained_beam_search
 from recbole_navigen.identifiers.build import build_identifiers
-from recbole_navigen.llm.backbone import apply_lora, extend_vocabulary, load_backbone, train_new_rows_only
+from recbole_navigen.llm.backbone import (
+    apply_lora,
+    extend_vocabulary,
+    load_backbone,
+    load_trained_weights,
+    train_new_rows_only,
+)
 from recbole_navigen.model.navigen_tasks import (
     CID2CID_ANSWER_PREFIX,
     cid2cid_prompt,
@@ -52,6 +58,8 @@ class NaviGen(SequentialRecommender):
         llm, self.hf_tokenizer = load_backbone(config["llm_path"], config["pretrained_cache_dir"],
                                                identifiers.texts[1:], config["tiny_backbone"])
         new_ids = extend_vocabulary(llm, self.hf_tokenizer, self.items.code_tokens())
+        if config["init_from"]:
+            load_trained_weights(llm, self._stage_weights(config["init_from"]))
         self.llm = self._trainable(llm, new_ids, config)
         self.register_buffer("token_table", self.items.token_id_table(self.hf_tokenizer), persistent=False)
         self.begin_id, self.end_id = self.items.begin_id(self.hf_tokenizer), self.items.end_id(self.hf_tokenizer)
@@ -75,6 +83,13 @@ class NaviGen(SequentialRecommender):
         if strict and missing:
             raise RuntimeError(f"NaviGen checkpoint lacks trained weights {missing[:5]} (stage or adapters differ?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def _stage_weights(self, checkpoint: str) -> dict[str, torch.Tensor]:
+        """The backbone weights an earlier stage's RecBole checkpoint holds (its trained weights only)."""
+        # Our own checkpoint: RecBole pickles its Config beside the weights, so the safe loader cannot read it.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        self.load_other_parameter(state.get("other_parameter"))
+        return {key.removeprefix("llm."): value for key, value in state["state_dict"].items()}
 
     def other_parameter(self) -> dict:
         """Saved beside the weights by RecBole: which identifiers and backbone they belong to."""
