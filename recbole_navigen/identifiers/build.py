@@ -39,6 +39,8 @@ CID_KEYS = {
     "rq_vae": ("kmeans_niter", "rqvae_hidden_sizes", "rqvae_latent_dim", "rqvae_epochs", "rqvae_batch_size",
                "rqvae_lr", "rqvae_beta"),
 }
+# Bumped whenever an extractor's output changes for the same settings, so cached terms are rebuilt.
+TID_VERSION = 2
 TID_KEYS = {
     "keyphrase": ("tid_phrase_fields", "tid_category_field", "tid_brand_field"),
     "llm": ("teacher_backend", "teacher_base_url", "teacher_model", "teacher_max_new_tokens", "teacher_temperature"),
@@ -77,7 +79,7 @@ def identifier_settings(config, items: ItemTexts) -> dict[str, dict]:
     embedding = {"data": data, **{key: config[key] for key in (*TEXT_KEYS, *embed_keys)}}
     cid = {"embedding": embedding, **{key: config[key] for key in
            ("cid_method", "cid_levels", "cid_codebook_size", "seed", *_choice(config, "cid_method", CID_KEYS))}}
-    tid = {"data": data, **{key: config[key] for key in
+    tid = {"data": data, "version": TID_VERSION, **{key: config[key] for key in
            ("tid_method", "tid_max_terms", *_choice(config, "tid_method", TID_KEYS))}}
     return {"embedding": embedding, "cid": cid, "tid": tid}
 
