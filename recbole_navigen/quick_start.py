@@ -118,14 +118,18 @@ def run_stages(
     """`run_model` once per entry of the model's `stages` key (NaviGen: SFT stage 1, then stage 2), each
     stage starting from the best checkpoint of the one before; a model without `stages` runs once."""
     config_dict = dict(config_dict or {})
-    stages = Config(model, dataset, config_file_list, config_dict, cmd_args)["stages"]
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    stages = config["stages"]
     if not stages:
         return run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=init_logging)
     results: list[RunResult] = []
     for index, stage in enumerate(stages):
-        previous = {"init_from": results[-1].checkpoint} if results else {}
-        results.append(run_model(model, dataset, config_file_list, {**config_dict, "stage": stage, **previous},
-                                 cmd_args, init_logging=init_logging and index == 0))
+        # Each stage checkpoints into its own folder: RecBole names files by model and second only.
+        settings = {**config_dict, "stage": stage, "checkpoint_dir": f"{config['checkpoint_dir']}/stage{stage}"}
+        if results:
+            settings["init_from"] = results[-1].checkpoint
+        results.append(run_model(model, dataset, config_file_list, settings, cmd_args,
+                                 init_logging=init_logging and index == 0))
     logger = getLogger()
     for stage, result in zip(stages, results, strict=True):
         logger.info(set_color(f"stage {stage}", "blue") + f": test {result.test}, trained {result.train_seconds} s, "

@@ -129,6 +129,7 @@ def test_stages_run_in_order_and_stage_two_starts_from_stage_one(tiny_name, navi
     assert "stage 1" in caplog.text and "stage 2" in caplog.text
     stage_one = [line for line in caplog.text.splitlines() if "stage 1" in line][-1].rsplit("checkpoint ", 1)[1]
     assert final.config["stage"] == 2 and final.config["init_from"] == stage_one
+    assert "stage1" in stage_one and "stage2" in final.checkpoint
 
     trained = torch.load(stage_one, weights_only=False)["state_dict"]
     model, _, _ = _model(tiny_name, {**navigen_config, "init_from": stage_one})
