@@ -4,6 +4,7 @@
     python run_recbole_navigen.py --models=SASRec,GRU4Rec --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py --dataset=amazon --config_files=dataset_configs/sweeps/amazon.yaml
     python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
+    python run_recbole_navigen.py generate --model=NaviGen --dataset=ml-100k --checkpoint=saved/X.pth --users=20
 
 Any other `--key=value` is a RecBole config parameter and wins over every file.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from datetime import datetime
 
 import recbole_navigen  # noqa: F401  (applies the RecBole compatibility shims first)
 from recbole_navigen.config import read_config_files
-from recbole_navigen.quick_start import run_identifiers, run_stages
+from recbole_navigen.quick_start import run_generate, run_identifiers, run_stages
 from recbole_navigen.sweep import SweepSpec, run_sweep
 
 
@@ -54,10 +56,25 @@ def identifiers(argv: list[str]) -> None:
     print(sample_items(built))
 
 
+def generate(argv: list[str]) -> None:
+    """Write a trained NaviGen's predictions for some test users as JSONL."""
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--checkpoint", required=True, help="a NaviGen checkpoint written by training")
+    extra.add_argument("--users", type=int, default=20, help="how many test users (default 20)")
+    extra.add_argument("--output", help="the JSONL file (default results/<dataset>/generate-<time>.jsonl)")
+    own, rest = extra.parse_known_args(argv)
+    args, cmd_args = parse_args(rest)
+    output = own.output or f"{args.output_dir}/{args.dataset}/generate-{datetime.now():%Y%m%d-%H%M%S}.jsonl"
+    path = run_generate(args.model or "NaviGen", args.dataset, own.checkpoint, own.users, output,
+                        args.config_files, cmd_args)
+    print(f"Predictions written to {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "identifiers":
-        identifiers(argv[1:])
+    commands = {"identifiers": identifiers, "generate": generate}
+    if argv and argv[0] in commands:
+        commands[argv[0]](argv[1:])
         return
     args, cmd_args = parse_args(argv)
     declared = SweepSpec.from_config(args.file_config, " ".join(args.config_files))

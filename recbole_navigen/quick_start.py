@@ -6,12 +6,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from logging import getLogger
+from pathlib import Path
 from time import perf_counter
 
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_navigen.config import Config
+from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.model.navigen_tasks import histories as histories_of
 from recbole_navigen.evaluation.sampling import apply_eval_user_sample
 from recbole_navigen.utils import get_trainer
 
@@ -151,3 +154,56 @@ def run_identifiers(
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     return build_identifiers(config, create_dataset(config))
+
+
+def run_generate(
+    model: str | type,
+    dataset: str,
+    checkpoint: str,
+    users: int,
+    output: str | Path,
+    config_file_list: list[str] | None = None,
+    cmd_args: list[str] | None = None,
+) -> Path:
+    """Predictions of a trained NaviGen for the first `users` test users, one JSON line each: history,
+    target, ranked items with CIDs and scores, and the model's own TID for its top item."""
+    import torch
+
+    config = Config(model, dataset, config_file_list, None, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    navigen = config.model_class(config, train_data._dataset).to(config["device"])
+    # Our own RecBole checkpoint: it pickles the Config beside the weights, which the safe loader refuses.
+    state = torch.load(checkpoint, map_location=config["device"], weights_only=False)
+    navigen.load_state_dict(state["state_dict"])
+    navigen.load_other_parameter(state.get("other_parameter"))
+    navigen.eval()
+    dataset_ = test_data._dataset
+    items, lines, unparsed = navigen.items, [], 0
+    for interaction, *_ in test_data:
+        interaction = interaction[torch.arange(min(len(interaction), users - len(lines)))].to(config["device"])
+        result = navigen.beam_search(interaction)
+        tids = navigen.describe(result.items[:, 0].tolist())
+        unparsed += tids.count(None)
+        histories = histories_of(interaction[navigen.ITEM_SEQ], interaction[navigen.ITEM_SEQ_LEN])
+        for row, history in enumerate(histories):
+            lines.append(json.dumps({
+                "user": str(dataset_.id2token(dataset_.uid_field, int(interaction[navigen.USER_ID][row]))),
+                "history": [{"item": items.item_ids[i], "text": navigen.item_texts[i]} for i in history],
+                "target": items.item_ids[int(interaction[navigen.POS_ITEM_ID][row])],
+                "predicted": [{"item": items.item_ids[i], "cid": items.cid(i), "score": round(float(score), 4)}
+                              for i, score in zip(result.items[row].tolist(), result.scores[row].tolist(),
+                                                  strict=True) if i > 0],
+                "predicted_tid": tids[row],
+                "tid_parsed": tids[row] is not None,
+                "instruction": None,  # written once NaviGen trains on cid2ins supervision
+            }, ensure_ascii=False))
+        if len(lines) >= users:
+            break
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, "\n".join(lines) + "\n")
+    getLogger().info(f"generate: {len(lines)} users written to {output}; {unparsed} TIDs did not parse; "
+                     "instructions need cid2ins supervision, not configured")
+    return output

@@ -136,3 +136,25 @@ def test_stages_run_in_order_and_stage_two_starts_from_stage_one(tiny_name, navi
     llm = model.llm.get_base_model()
     assert torch.equal(llm.get_input_embeddings().weight, trained["llm.model.embed_tokens.weight"])
     assert torch.equal(llm.get_output_embeddings().weight, trained["llm.lm_head.weight"])  # untied by stage 1
+
+
+def test_generate_writes_predictions_for_a_trained_checkpoint(tiny_name, navigen_config, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    import run_recbole_navigen
+
+    settings = {**navigen_config, "epochs": 1, "train_steps_per_epoch": 2}
+    trained = run_model("NaviGen", tiny_name, config_dict=settings, cmd_args=[])
+    config_file = tmp_path / "navigen.yaml"
+    config_file.write_text(yaml.safe_dump(settings))
+    output = tmp_path / "predictions.jsonl"
+    run_recbole_navigen.main(["generate", f"--dataset={tiny_name}", f"--config_files={config_file}",
+                              f"--checkpoint={trained.checkpoint}", "--users=5", f"--output={output}"])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 5 and f"written to {output}" in capsys.readouterr().out
+    for row in rows:
+        assert len(row["predicted"]) == 20 and row["predicted"][0]["cid"].startswith("<|cid_begin|>")
+        assert row["history"] and {"item", "text"} <= set(row["history"][0])
+        assert row["tid_parsed"] == (row["predicted_tid"] is not None) and row["instruction"] is None

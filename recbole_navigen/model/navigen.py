@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_navigen.decoding.beam_search import CausalStepper, beams_to_scores, constrained_beam_search
+from recbole_navigen.decoding.beam_search import (
+    CausalStepper,
+    beams_to_scores,
+    constrained_beam_search,
+)
 from recbole_navigen.identifiers.build import build_identifiers
 from recbole_navigen.llm.backbone import (
     apply_lora,
@@ -36,6 +41,7 @@ from recbole_navigen.model.navigen_tasks import (
     task_mix,
     tid2cid_sample,
 )
+from recbole_navigen.teacher.jsonparse import extract_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class NaviGen(SequentialRecommender):
         super().__init__(config, dataset)
         identifiers = build_identifiers(config, dataset)
         self.items = identifiers.tokenizer
+        self.item_texts = identifiers.texts
         self.identifiers_key = identifiers.folder.name
         self.llm_path = config["llm_path"]
         self.history_format = config["history_format"]
@@ -161,6 +168,28 @@ class NaviGen(SequentialRecommender):
         stepper = CausalStepper(self.llm, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         return constrained_beam_search(stepper, len(prompts), self.trie, self.token_table, self.end_id,
                                        self.beam_size, timings)
+
+    @torch.no_grad()
+    def describe(self, items: list[int], max_new_tokens: int = 96) -> list[list[str] | None]:
+        """The model's own TID for each item (greedy cid2tid answers); None where the answer is not the
+        JSON object `{"target_tid": [...]}` it was trained to write."""
+        prompts = [replace(cid2tid_sample(self.items, item), answer="") for item in items]
+        batch = encode_prompts(prompts, self.hf_tokenizer, "")
+        device = self.token_table.device
+        output = self.llm.generate(input_ids=batch["input_ids"].to(device),
+                                   attention_mask=batch["attention_mask"].to(device),
+                                   max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=self.hf_tokenizer.pad_token_id)
+        answers = self.hf_tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        terms = []
+        for answer in answers:
+            try:
+                parsed = extract_json(answer)
+            except ValueError:
+                parsed = None
+            tid = parsed.get("target_tid") if isinstance(parsed, dict) else None
+            terms.append(tid if isinstance(tid, list) and all(isinstance(t, str) for t in tid) else None)
+        return terms
 
     @torch.no_grad()
     def full_sort_predict(self, interaction) -> torch.Tensor:
