@@ -9,6 +9,7 @@ from logging import getLogger
 from pathlib import Path
 from time import perf_counter
 
+import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
@@ -167,17 +168,16 @@ def run_generate(
 ) -> Path:
     """Predictions of a trained NaviGen for the first `users` test users, one JSON line each: history,
     target, ranked items with CIDs and scores, and the model's own TID for its top item."""
-    import torch
-
     config = Config(model, dataset, config_file_list, None, cmd_args)
+    if not hasattr(config.model_class, "describe"):
+        raise ValueError(f"generate needs a model that writes about items (NaviGen), not {config['model']}")
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train first (its path is in the run's log)")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     train_data, _, test_data = data_preparation(config, create_dataset(config))
     navigen = config.model_class(config, train_data._dataset).to(config["device"])
-    # Our own RecBole checkpoint: it pickles the Config beside the weights, which the safe loader refuses.
-    state = torch.load(checkpoint, map_location=config["device"], weights_only=False)
-    navigen.load_state_dict(state["state_dict"])
-    navigen.load_other_parameter(state.get("other_parameter"))
+    navigen.load_checkpoint(checkpoint)
     navigen.eval()
     dataset_ = test_data._dataset
     items, lines, unparsed = navigen.items, [], 0

@@ -158,3 +158,9 @@ def test_generate_writes_predictions_for_a_trained_checkpoint(tiny_name, navigen
         assert len(row["predicted"]) == 20 and row["predicted"][0]["cid"].startswith("<|cid_begin|>")
         assert row["history"] and {"item", "text"} <= set(row["history"][0])
         assert row["tid_parsed"] == (row["predicted_tid"] is not None) and row["instruction"] is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        run_recbole_navigen.main(["generate", f"--dataset={tiny_name}", f"--config_files={config_file}",
+                                  f"--checkpoint={tmp_path / 'missing.pth'}"])
+    with pytest.raises(ValueError, match="not SASRec"):
+        run_recbole_navigen.main(["generate", "--model=SASRec", f"--dataset={tiny_name}",
+                                  f"--config_files={config_file}", f"--checkpoint={trained.checkpoint}"])

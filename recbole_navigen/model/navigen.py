@@ -91,12 +91,20 @@ class NaviGen(SequentialRecommender):
             raise RuntimeError(f"NaviGen checkpoint lacks trained weights {missing[:5]} (stage or adapters differ?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
-    def _stage_weights(self, checkpoint: str) -> dict[str, torch.Tensor]:
-        """The backbone weights an earlier stage's RecBole checkpoint holds (its trained weights only)."""
-        # Our own checkpoint: RecBole pickles its Config beside the weights, so the safe loader cannot read it.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    def _read_checkpoint(self, checkpoint: str) -> dict:
+        """A NaviGen checkpoint written by RecBole's trainer, checked against this model's identifiers."""
+        # Our own RecBole checkpoint: it pickles the Config beside the weights, which the safe loader refuses.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # load_state_dict places it
         self.load_other_parameter(state.get("other_parameter"))
-        return {key.removeprefix("llm."): value for key, value in state["state_dict"].items()}
+        return state["state_dict"]
+
+    def _stage_weights(self, checkpoint: str) -> dict[str, torch.Tensor]:
+        """The backbone weights an earlier stage's checkpoint holds (its trained weights only)."""
+        return {key.removeprefix("llm."): value for key, value in self._read_checkpoint(checkpoint).items()}
+
+    def load_checkpoint(self, checkpoint: str) -> None:
+        """Restore the trained weights of a checkpoint this model's configuration wrote."""
+        self.load_state_dict(self._read_checkpoint(checkpoint))
 
     def other_parameter(self) -> dict:
         """Saved beside the weights by RecBole: which identifiers and backbone they belong to."""
