@@ -4,7 +4,7 @@
     python run_recbole_navigen.py --models=SASRec,GRU4Rec --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py --dataset=amazon --config_files=dataset_configs/sweeps/amazon.yaml
     python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
-    python run_recbole_navigen.py generate --model=NaviGen --dataset=ml-100k --checkpoint=saved/X.pth --users=20
+    python run_recbole_navigen.py generate --checkpoint=saved/NaviGen-ml-100k-KEY/stage2/X.pth --users=20
 
 Any other `--key=value` is a RecBole config parameter and wins over every file.
 """
@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from datetime import datetime
+from pathlib import Path
 
 import recbole_navigen  # noqa: F401  (applies the RecBole compatibility shims first)
 from recbole_navigen.config import read_config_files
-from recbole_navigen.quick_start import run_generate, run_identifiers, run_stages
+from recbole_navigen.pipeline import run_stages
+from recbole_navigen.quick_start import run_generate, run_identifiers
 from recbole_navigen.sweep import SweepSpec, run_sweep
 
 
@@ -57,17 +58,20 @@ def identifiers(argv: list[str]) -> None:
 
 
 def generate(argv: list[str]) -> None:
-    """Write a trained NaviGen's predictions for some test users as JSONL."""
+    """Write a trained NaviGen's predictions and instructions for some test users as JSONL."""
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--checkpoint", required=True, help="a NaviGen checkpoint written by training")
     extra.add_argument("--users", type=int, default=20, help="how many test users (default 20)")
-    extra.add_argument("--output", help="the JSONL file (default results/<dataset>/generate-<time>.jsonl)")
+    extra.add_argument("--output", help="the JSONL file (default results/generate/<checkpoint>.jsonl)")
     own, rest = extra.parse_known_args(argv)
     args, cmd_args = parse_args(rest)
-    output = own.output or f"{args.output_dir}/{args.dataset}/generate-{datetime.now():%Y%m%d-%H%M%S}.jsonl"
-    path = run_generate(args.model or "NaviGen", args.dataset, own.checkpoint, own.users, output,
-                        args.config_files, cmd_args)
-    print(f"Predictions written to {path}")
+    if args.model or args.models or args.config_files:
+        raise SystemExit("generate rebuilds the model from the checkpoint's own configuration: give only "
+                         "--key=value overrides (e.g. --data_path=...), not --model or --config_files")
+    output = own.output or f"{args.output_dir}/generate/{Path(own.checkpoint).stem}.jsonl"
+    summary = run_generate(own.checkpoint, own.users, output, cmd_args)
+    print(f"Predictions written to {summary.path}: {summary.users} users; instructions {summary.parse_status}"
+          + (f" (trained on {summary.supervision} supervision)" if summary.supervision else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

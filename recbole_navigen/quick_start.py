@@ -9,13 +9,10 @@ from logging import getLogger
 from pathlib import Path
 from time import perf_counter
 
-import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_navigen.config import Config
-from recbole_navigen.fileio import write_text_atomic
-from recbole_navigen.model.navigen_tasks import histories as histories_of
 from recbole_navigen.evaluation.sampling import apply_eval_user_sample
 from recbole_navigen.utils import get_trainer
 
@@ -111,36 +108,6 @@ def run_model(
     )
 
 
-def run_stages(
-    model: str | type,
-    dataset: str,
-    config_file_list: list[str] | None = None,
-    config_dict: dict | None = None,
-    cmd_args: list[str] | None = None,
-    init_logging: bool = True,
-) -> RunResult:
-    """`run_model` once per entry of the model's `stages` key (NaviGen: SFT stage 1, then stage 2), each
-    stage starting from the best checkpoint of the one before; a model without `stages` runs once."""
-    config_dict = dict(config_dict or {})
-    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
-    stages = config["stages"]
-    if not stages:
-        return run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=init_logging)
-    results: list[RunResult] = []
-    for index, stage in enumerate(stages):
-        # Each stage checkpoints into its own folder: RecBole names files by model and second only.
-        settings = {**config_dict, "stage": stage, "checkpoint_dir": f"{config['checkpoint_dir']}/stage{stage}"}
-        if results:
-            settings["init_from"] = results[-1].checkpoint
-        results.append(run_model(model, dataset, config_file_list, settings, cmd_args,
-                                 init_logging=init_logging and index == 0))
-    logger = getLogger()
-    for stage, result in zip(stages, results, strict=True):
-        logger.info(set_color(f"stage {stage}", "blue") + f": test {result.test}, trained {result.train_seconds} s, "
-                    f"checkpoint {result.checkpoint}")
-    return results[-1]
-
-
 def run_identifiers(
     model: str | type,
     dataset: str,
@@ -157,53 +124,10 @@ def run_identifiers(
     return build_identifiers(config, create_dataset(config))
 
 
-def run_generate(
-    model: str | type,
-    dataset: str,
-    checkpoint: str,
-    users: int,
-    output: str | Path,
-    config_file_list: list[str] | None = None,
-    cmd_args: list[str] | None = None,
-) -> Path:
-    """Predictions of a trained NaviGen for the first `users` test users, one JSON line each: history,
-    target, ranked items with CIDs and scores, and the model's own TID for its top item."""
-    config = Config(model, dataset, config_file_list, None, cmd_args)
-    if not hasattr(config.model_class, "describe"):
-        raise ValueError(f"generate needs a model that writes about items (NaviGen), not {config['model']}")
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train first (its path is in the run's log)")
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    train_data, _, test_data = data_preparation(config, create_dataset(config))
-    navigen = config.model_class(config, train_data._dataset).to(config["device"])
-    navigen.load_checkpoint(checkpoint)
-    navigen.eval()
-    dataset_ = test_data._dataset
-    items, lines, unparsed = navigen.items, [], 0
-    for interaction, *_ in test_data:
-        interaction = interaction[torch.arange(min(len(interaction), users - len(lines)))].to(config["device"])
-        result = navigen.beam_search(interaction)
-        tids = navigen.describe(result.items[:, 0].tolist())
-        unparsed += tids.count(None)
-        histories = histories_of(interaction[navigen.ITEM_SEQ], interaction[navigen.ITEM_SEQ_LEN])
-        for row, history in enumerate(histories):
-            lines.append(json.dumps({
-                "user": str(dataset_.id2token(dataset_.uid_field, int(interaction[navigen.USER_ID][row]))),
-                "history": [{"item": items.item_ids[i], "text": navigen.item_texts[i]} for i in history],
-                "target": items.item_ids[int(interaction[navigen.POS_ITEM_ID][row])],
-                "predicted": [{"item": items.item_ids[i], "cid": items.cid(i), "score": round(float(score), 4)}
-                              for i, score in zip(result.items[row].tolist(), result.scores[row].tolist(),
-                                                  strict=True) if i > 0],
-                "predicted_tid": tids[row],
-                "tid_parsed": tids[row] is not None,
-                "instruction": None,  # written once NaviGen trains on cid2ins supervision
-            }, ensure_ascii=False))
-        if len(lines) >= users:
-            break
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, "\n".join(lines) + "\n")
-    getLogger().info(f"generate: {len(lines)} users written to {output}; {unparsed} TIDs did not parse; "
-                     "instructions need cid2ins supervision, not configured")
-    return output
+def run_generate(checkpoint: str, users: int, output: str | Path, cmd_args: list[str] | None = None):
+    """Predictions and instructions of the NaviGen checkpoint `checkpoint` for the first `users` test users,
+    one JSON line each (`recbole_navigen.generation.instructions`); returns the GenerationSummary."""
+    from recbole_navigen.generation.instructions import load_trained_navigen, write_generations
+
+    _, model, test_data = load_trained_navigen(checkpoint, cmd_args)
+    return write_generations(model, test_data, users, output)

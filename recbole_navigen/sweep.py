@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from recbole_navigen.fileio import write_text_atomic
-from recbole_navigen.quick_start import run_stages
+from recbole_navigen.pipeline import run_stages
 
 logger = logging.getLogger(__name__)
 

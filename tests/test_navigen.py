@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from recbole.data import create_dataset, data_preparation
@@ -118,49 +121,127 @@ def test_trainer_caps_steps_and_logs_the_task_mix(tiny_name, navigen_config, cap
     assert torch.equal(embedding[: model.begin_id], old_rows)  # weight decay spared the masked rows
 
 
-def test_stages_run_in_order_and_stage_two_starts_from_stage_one(tiny_name, navigen_config, caplog):
+def test_stages_run_in_order_resume_and_start_from_the_stage_before(tiny_name, navigen_config, caplog):
     import logging
 
-    from recbole_navigen.quick_start import run_stages
+    from recbole_navigen.pipeline import run_stages
 
     caplog.set_level(logging.INFO)
-    quick = {**navigen_config, "epochs": 1, "train_steps_per_epoch": 2, "stages": [1, 2]}
+    quick = {**navigen_config, "epochs": 1, "train_steps_per_epoch": 2, "stages": [1, 2], "instruction_samples": 0}
     final = run_stages("NaviGen", tiny_name, config_dict=quick, cmd_args=[])
-    assert "stage 1" in caplog.text and "stage 2" in caplog.text
-    stage_one = [line for line in caplog.text.splitlines() if "stage 1" in line][-1].rsplit("checkpoint ", 1)[1]
-    assert final.config["stage"] == 2 and final.config["init_from"] == stage_one
-    assert "stage1" in stage_one and "stage2" in final.checkpoint
+    stage_one = final.config["init_from"]
+    assert final.config["stage"] == 2 and "stage1" in stage_one and "stage2" in final.checkpoint
+    summary = (Path(final.checkpoint).parents[1] / "summary.md").read_text()
+    assert "| stage 1 | ran |" in summary and "| stage 2 | ran |" in summary
 
     trained = torch.load(stage_one, weights_only=False)["state_dict"]
     model, _, _ = _model(tiny_name, {**navigen_config, "init_from": stage_one})
     llm = model.llm.get_base_model()
-    assert torch.equal(llm.get_input_embeddings().weight, trained["llm.model.embed_tokens.weight"])
+    new_rows = torch.zeros(llm.get_input_embeddings().weight.shape[0], dtype=torch.bool)
+    new_rows[model.token_table[model.token_table >= 0]] = True
+    new_rows[[model.begin_id, model.end_id]] = True
+    saved_rows = trained["llm.model.embed_tokens.weight"]
+    assert saved_rows.shape[0] == int(new_rows.sum())  # the checkpoint holds only the code tokens' rows
+    assert torch.equal(llm.get_input_embeddings().weight[new_rows], saved_rows)
     assert torch.equal(llm.get_output_embeddings().weight, trained["llm.lm_head.weight"])  # untied by stage 1
 
+    caplog.clear()
+    again = run_stages("NaviGen", tiny_name, config_dict=quick, cmd_args=[])
+    assert again.checkpoint == final.checkpoint and again.test == final.test
+    summary = (Path(final.checkpoint).parents[1] / "summary.md").read_text()
+    assert "| stage 1 | cached |" in summary and "| stage 2 | cached |" in summary
+    assert "Train     0" not in caplog.text and "epoch 0 training" not in caplog.text  # nothing trained again
 
-def test_generate_writes_predictions_for_a_trained_checkpoint(tiny_name, navigen_config, tmp_path, capsys):
-    import json
 
-    import yaml
+def _write_supervision(path: Path, model, users: int = 6) -> Path:
+    """Supervision rows as the pipeline writes them: one per user, raw item ids, the teacher's texts."""
+    ids = model.items.item_ids
+    rows = [{"sample_id": str(u), "user": str(u), "history": ids[1 + u:4 + u], "target": ids[5 + u],
+             "teacher": "heuristic", "status": "ok", "error": None,
+             "reasoning": f"I see a taste for {model.items.tid(5 + u)[:1]} and I expect more of it.",
+             "instruction": "A warm cinematic still of a quiet evening scene, soft light, wide shot."}
+            for u in range(users)]
+    rows.append({**rows[0], "sample_id": "failed", "status": "failed", "error": "step2: no JSON",
+                 "reasoning": None, "instruction": None})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
+
+def test_cid2ins_trains_on_supervision_and_writes_instructions(tiny_name, navigen_config, tmp_path, capsys):
+    import run_recbole_navigen
+    from recbole_navigen.pipeline import run_stages
+
+    plain, train, _ = _model(tiny_name, navigen_config)
+    supervision = _write_supervision(tmp_path / "supervision.jsonl", plain)
+    settings = {**navigen_config, "epochs": 1, "train_steps_per_epoch": 2, "stages": [2],
+                "supervision_path": str(supervision), "instruction_samples": 4, "instruction_max_new_tokens": 24,
+                "max_length": 1024,
+                "task_ratios": {"cid2cid": 0.5, "cid2ins": 0.5}}
+    model, train, _ = _model(tiny_name, settings)
+    assert len(model.supervision.examples) == 6 and model.supervision.skipped == {"status failed": 1}
+    model.calculate_loss(next(iter(train)))
+    assert model.task_counts["cid2ins"] > 0
+
+    final = run_stages("NaviGen", tiny_name, config_dict=settings, cmd_args=[])
+    written = Path("results") / tiny_name / Path(final.checkpoint).parents[1].name / "instructions.jsonl"
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["supervision"] == "heuristic" and row["parse_status"] in {"ok", "ok after retry", "failed"}
+        assert (row["parse_error"] is None) == (row["parse_status"] != "failed")
+        assert len(row["predicted"]) == 20 and row["predicted"][0]["cid"].startswith("<|cid_begin|>")
+        assert row["history"] and {"item", "text"} <= set(row["history"][0]) and row["target"]["item"]
+
+    output = tmp_path / "generated.jsonl"
+    run_recbole_navigen.main(["generate", f"--checkpoint={final.checkpoint}", "--users=2", f"--output={output}"])
+    assert f"written to {output}: 2 users" in capsys.readouterr().out
+    first = json.loads(output.read_text().splitlines()[0])
+    assert first["predicted"] == rows[0]["predicted"]  # the reloaded checkpoint ranks as the trained model did
+
+
+def test_generate_refuses_a_missing_or_foreign_checkpoint(tiny_name, tiny_config, tmp_path):
     import run_recbole_navigen
 
-    settings = {**navigen_config, "epochs": 1, "train_steps_per_epoch": 2}
-    trained = run_model("NaviGen", tiny_name, config_dict=settings, cmd_args=[])
-    config_file = tmp_path / "navigen.yaml"
-    config_file.write_text(yaml.safe_dump(settings))
-    output = tmp_path / "predictions.jsonl"
-    run_recbole_navigen.main(["generate", f"--dataset={tiny_name}", f"--config_files={config_file}",
-                              f"--checkpoint={trained.checkpoint}", "--users=5", f"--output={output}"])
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
-    assert len(rows) == 5 and f"written to {output}" in capsys.readouterr().out
-    for row in rows:
-        assert len(row["predicted"]) == 20 and row["predicted"][0]["cid"].startswith("<|cid_begin|>")
-        assert row["history"] and {"item", "text"} <= set(row["history"][0])
-        assert row["tid_parsed"] == (row["predicted_tid"] is not None) and row["instruction"] is None
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        run_recbole_navigen.main(["generate", f"--dataset={tiny_name}", f"--config_files={config_file}",
-                                  f"--checkpoint={tmp_path / 'missing.pth'}"])
-    with pytest.raises(ValueError, match="not SASRec"):
-        run_recbole_navigen.main(["generate", "--model=SASRec", f"--dataset={tiny_name}",
-                                  f"--config_files={config_file}", f"--checkpoint={trained.checkpoint}"])
+        run_recbole_navigen.main(["generate", f"--checkpoint={tmp_path / 'missing.pth'}"])
+    sasrec = run_model("SASRec", tiny_name, config_dict=tiny_config, cmd_args=[])
+    with pytest.raises(ValueError, match="holds a SASRec"):
+        run_recbole_navigen.main(["generate", f"--checkpoint={sasrec.checkpoint}"])
+
+
+def test_instruction_replies_get_one_structured_retry(tiny_name, navigen_config, monkeypatch):
+    model, _, _ = _model(tiny_name, navigen_config)
+    first = ["I like calm films.\n</think>\n\n" + json.dumps({"target_tid": ["drama"], "target_ins": "A quiet room."}),
+             "I like westerns and the reply never closes its think block",
+             "I like noise.</think> not json"]
+    calls = []
+
+    def greedy(prompts, prefixes, max_new_tokens):
+        calls.append(prefixes)
+        return first if len(calls) == 1 else ['western"],"target_ins":"A dusty town at dawn."}', "nothing"]
+
+    monkeypatch.setattr(model, "_greedy", greedy)
+    replies = model.generate_instructions([[1, 2], [3], [4, 5]])
+    assert [attempts for _, attempts in replies] == [1, 2, 2]
+    assert replies[0][0].instruction == "A quiet room." and replies[0][0].error is None
+    assert replies[1][0].target_tid == ["western"] and replies[1][0].error is None
+    assert "retry" in replies[2][0].error and replies[2][0].instruction is None
+    assert calls[1][0].endswith('</think>\n\n{"target_tid":["')  # the kept reasoning, then the forced JSON
+    assert "never closes its think block" in calls[1][0]
+
+
+def test_supervision_rows_are_checked(tiny_name, navigen_config, tmp_path):
+    from recbole_navigen.model.instruction_data import read_supervision
+
+    model, _, _ = _model(tiny_name, navigen_config)
+    path = _write_supervision(tmp_path / "s.jsonl", model)
+    assert len(read_supervision(path, model.items, max_history=2).examples[0].history) == 2
+    path.write_text(path.read_text() + json.dumps({"history": ["nope"], "target": "1", "status": "ok",
+                                                   "teacher": "heuristic", "reasoning": "r", "instruction": "i"}))
+    with pytest.raises(ValueError, match=r"s.jsonl:8: item 'nope' is not in this dataset"):
+        read_supervision(path, model.items, max_history=8)
+    path.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"s.jsonl:1: not a JSON line"):
+        read_supervision(path, model.items, max_history=8)
+    with pytest.raises(FileNotFoundError, match="supervise"):
+        read_supervision(tmp_path / "absent.jsonl", model.items, max_history=8)

@@ -13,13 +13,17 @@ from recbole_navigen.identifiers.item_tokenizer import ItemTokenizer
 from recbole_navigen.model.navigen_tasks import (
     CID2CID_ANSWER_PREFIX,
     IGNORE_INDEX,
+    InstructionAnswer,
     Sample,
+    THINK_OPEN,
     cid2cid_sample,
+    cid2ins_prompt,
     cid2ins_sample,
     cid2tid_sample,
     encode_for_training,
     encode_prompts,
     histories,
+    parse_instruction_answer,
     render_prompt,
     task_mix,
     tid2cid_sample,
@@ -121,6 +125,26 @@ def test_cid2ins_thinks_then_answers(items):
     assert json.loads(answer) == expected
 
 
+def test_instruction_answers_parse_only_when_valid(items):
+    sample = cid2ins_sample(items, [1, 3], 4, "They like games.", "A cosy family game night.")
+    parsed = parse_instruction_answer(sample.answer)
+    assert parsed == InstructionAnswer("They like games.", ["board game", "family", "dice"], "A cosy family game night.")
+    assert sample.messages == cid2ins_prompt(items, [1, 3]).messages and sample.answer.startswith(THINK_OPEN)
+    cases = {
+        '{"target_tid":["a"],"target_ins":"b"}': "no closed <think> block",
+        "<think>\nI think</think>\n\n{'target_tid': ['a']}": "not one JSON object",
+        '<think>x</think>{"target_tid":["a"],"target_ins":"b","extra":1}': "exactly target_tid and target_ins",
+        '<think>x</think>{"target_tid":[],"target_ins":"b"}': "non-empty list of terms",
+        '<think>x</think>{"target_tid":["a", 3],"target_ins":"b"}': "non-empty list of terms",
+        '<think>x</think>{"target_tid":["a"],"target_ins":"  "}': "target_ins must be non-empty",
+        '<think>x</think>{"target_tid":["a"],"target_ins":"b"} and more': "not one JSON object",
+    }
+    for text, error in cases.items():
+        answer = parse_instruction_answer(text)
+        assert error in answer.error and answer.instruction is None, text
+    assert parse_instruction_answer("<think>cut off mid-sentence").reasoning == "cut off mid-sentence"
+
+
 def test_histories_drop_padding():
     item_seq = torch.tensor([[4, 2, 7, 0, 0], [1, 0, 0, 0, 0], [3, 5, 6, 8, 9]])
     assert histories(item_seq, torch.tensor([3, 1, 5])) == [[4, 2, 7], [1], [3, 5, 6, 8, 9]]
@@ -174,6 +198,15 @@ def test_prompts_are_the_training_prefix(items, hf_tokenizer):
         ids = prompts["input_ids"][row, -length:].tolist()
         assert ids[-len(prefix_ids):] == prefix_ids
         assert training["input_ids"][row, :length].tolist() == ids
+
+
+def test_prompts_take_one_prefix_per_sample(items, hf_tokenizer):
+    samples = [cid2ins_prompt(items, [1]), cid2ins_prompt(items, [2, 3])]
+    batch = encode_prompts(samples, hf_tokenizer, [THINK_OPEN, THINK_OPEN + "I like"])
+    texts = hf_tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=False)
+    assert texts[0].endswith("assistant\n<think>\n") and texts[1].endswith("assistant\n<think>\nI like")
+    with pytest.raises(ValueError, match="1 answer prefixes for 2 prompts"):
+        encode_prompts(samples, hf_tokenizer, [THINK_OPEN])
 
 
 def test_a_template_splitting_a_token_is_refused(items, hf_tokenizer):

@@ -232,14 +232,50 @@ def _mask_rows(weight: torch.nn.Parameter, keep_ids: torch.Tensor):
     return weight.register_hook(lambda grad: grad.masked_fill(~keep.unsqueeze(-1), 0.0))
 
 
-def load_trained_weights(model, weights: dict[str, torch.Tensor]) -> None:
+def load_trained_weights(model, weights: dict[str, torch.Tensor], new_ids: torch.Tensor) -> None:
     """Load weights an earlier stage trained (embedding rows, head) into `model`, untying its head first
-    when that stage trained the head on its own; any name the model lacks is an error."""
+    when that stage trained the head on its own; any name the model lacks is an error. A weight saved as
+    only its `new_ids` rows (see `pack_masked_rows`) fills those rows and keeps the others."""
     if "lm_head.weight" in weights and _is_tied(model):
         _untie_head(model)
+    parameters = dict(model.named_parameters())
+    rows = torch.zeros(max(p.shape[0] for p in parameters.values()), dtype=torch.bool)
+    rows[new_ids] = True
+    weights = {name: _unpack(parameters[name], rows[: parameters[name].shape[0]], value)
+               if name in parameters else value for name, value in weights.items()}
     unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
     if unexpected:
         raise KeyError(f"weights for parameters the backbone does not have: {unexpected[:5]}")
+
+
+def pack_masked_rows(parameters: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    """In `state`, keep only the trainable rows of each row-masked weight (in row order): a checkpoint then
+    holds the new tokens' rows, not a copy of the whole vocabulary's embedding."""
+    for name, parameter in parameters.items():
+        mask = getattr(parameter, _ROW_MASK, None)
+        if mask is not None and name in state and state[name].shape[0] == mask.shape[0]:
+            state[name] = state[name][mask.to(state[name].device)]
+
+
+def unpack_masked_rows(parameters: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    """Undo `pack_masked_rows` in `state`: each packed weight becomes the parameter's current value with its
+    trainable rows replaced."""
+    for name, parameter in parameters.items():
+        mask = getattr(parameter, _ROW_MASK, None)
+        if mask is not None and name in state:
+            state[name] = _unpack(parameter, mask, state[name])
+
+
+def _unpack(parameter: torch.Tensor, rows: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`value` if it is a whole weight; if it holds only the `rows` rows, the parameter with those replaced."""
+    if value.shape == parameter.shape:
+        return value
+    if value.shape[0] != int(rows.sum()) or value.shape[1:] != parameter.shape[1:]:
+        raise ValueError(f"saved weight of shape {tuple(value.shape)} fits neither the parameter "
+                         f"{tuple(parameter.shape)} nor its {int(rows.sum())} trainable rows")
+    full = parameter.detach().clone()
+    full[rows.to(full.device)] = value.to(full.device, full.dtype)
+    return full
 
 
 def _untie_head(model) -> None:

@@ -1,10 +1,13 @@
 """NaviGen as a RecBole model: a causal LM that reads items as dual identifiers (CID tokens and TID terms).
 
-Training mixes the tasks of `navigen_tasks` (cid2cid, cid2tid, tid2cid; cid2ins once supervision exists)
-drawn per example by `task_ratios`, with the loss on answer tokens only. `stage: 1` trains only the new
+Training mixes the tasks of `navigen_tasks` (cid2cid, cid2tid, tid2cid, and cid2ins when `supervision_path`
+names the teacher's instruction supervision) drawn per example by `task_ratios`, with the loss on answer
+tokens only. `stage: 1` trains only the new
 code-token rows and the head; `stage: 2` trains LoRA adapters (or everything, `finetune: full`) with the
 new rows. Prediction forces the answer prefix `{"target_cid":"<|cid_begin|>` and runs the shared
 trie-constrained beam search, so RecBole's full-ranking evaluator scores NaviGen like any other model.
+`generate_instructions` writes the cid2ins reply (reasoning, target terms, instruction), validated, with one
+structured retry.
 """
 
 from __future__ import annotations
@@ -28,16 +31,27 @@ from recbole_navigen.llm.backbone import (
     extend_vocabulary,
     load_backbone,
     load_trained_weights,
+    pack_masked_rows,
     train_new_rows_only,
+    unpack_masked_rows,
 )
+from recbole_navigen.model.instruction_data import Supervision, read_supervision
 from recbole_navigen.model.navigen_tasks import (
     CID2CID_ANSWER_PREFIX,
+    CID2INS_JSON_PREFIX,
+    THINK_CLOSE,
+    THINK_OPEN,
+    InstructionAnswer,
     cid2cid_prompt,
     cid2cid_sample,
+    cid2ins_prompt,
+    cid2ins_sample,
     cid2tid_sample,
     encode_for_training,
     encode_prompts,
     histories,
+    parse_instruction_answer,
+    render_prompt,
     task_mix,
     tid2cid_sample,
 )
@@ -66,29 +80,39 @@ class NaviGen(SequentialRecommender):
                                                identifiers.texts[1:], config["tiny_backbone"])
         new_ids = extend_vocabulary(llm, self.hf_tokenizer, self.items.code_tokens())
         if config["init_from"]:
-            load_trained_weights(llm, self._stage_weights(config["init_from"]))
+            load_trained_weights(llm, self._stage_weights(config["init_from"]), new_ids)
         self.llm = self._trainable(llm, new_ids, config)
         self.register_buffer("token_table", self.items.token_id_table(self.hf_tokenizer), persistent=False)
         self.begin_id, self.end_id = self.items.begin_id(self.hf_tokenizer), self.items.end_id(self.hf_tokenizer)
         self.trie = self.items.trie
 
-        self.task_ratios = self._task_ratios(config["task_ratios"])
+        self.instruction_max_new_tokens = config["instruction_max_new_tokens"]
+        self.supervision = self._supervision(config["supervision_path"])
+        self.task_ratios = self._task_ratios(config["task_ratios"], self.supervision)
         self.tid2cid_items = torch.tensor([i for i in range(1, self.items.n_items) if self.items.tid(i)])
         self.generator = torch.Generator().manual_seed(config["seed"])
         self.task_counts: Counter[str] = Counter()
 
+    def _trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {name: parameter for name, parameter in self.named_parameters() if parameter.requires_grad}
+
     def state_dict(self, *args, **kwargs):
-        """Only the weights training changes (adapters, code-token rows, head): RecBole's checkpoints then
-        hold no copy of the frozen backbone, which `llm_path` rebuilds."""
-        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        """Only the weights training changes (adapters, the code tokens' embedding rows, the head): RecBole's
+        checkpoints then hold no copy of the frozen backbone, which `llm_path` rebuilds, and of a row-masked
+        embedding only the new tokens' rows."""
+        trainable = self._trainable_parameters()
         full = super().state_dict(*args, **kwargs)
-        return type(full)((key, value) for key, value in full.items() if key in trainable)
+        state = type(full)((key, value) for key, value in full.items() if key in trainable)
+        pack_masked_rows(trainable, state)
+        return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
-        missing = sorted(trainable - set(state_dict))
+        trainable = self._trainable_parameters()
+        missing = sorted(set(trainable) - set(state_dict))
         if strict and missing:
             raise RuntimeError(f"NaviGen checkpoint lacks trained weights {missing[:5]} (stage or adapters differ?)")
+        state_dict = dict(state_dict)
+        unpack_masked_rows(trainable, state_dict)
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def _read_checkpoint(self, checkpoint: str) -> dict:
@@ -130,11 +154,31 @@ class NaviGen(SequentialRecommender):
             raise ValueError(f"finetune must be lora or full, not {config['finetune']!r}")
         return llm
 
+    def _supervision(self, path: str | None) -> Supervision | None:
+        """The cid2ins examples of `path` whose whole chat fits `max_length` (the others are counted, logged)."""
+        if not path:
+            return None
+        supervision = read_supervision(path, self.items, self.max_seq_length)
+        fitting = [example for example in supervision.examples
+                   if self._fits(cid2ins_sample(self.items, example.history, example.target, example.reasoning,
+                                                example.instruction, self.history_format))]
+        dropped = len(supervision.examples) - len(fitting)
+        if dropped:
+            logger.info(f"NaviGen: {dropped} cid2ins examples left out, longer than max_length={self.max_length}")
+        skipped = {**supervision.skipped, **({"over max_length": dropped} if dropped else {})}
+        return replace(supervision, examples=fitting, skipped=skipped)
+
+    def _fits(self, sample) -> bool:
+        text = render_prompt(sample, self.hf_tokenizer) + sample.answer + self.hf_tokenizer.eos_token
+        return len(self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]) <= self.max_length
+
     @staticmethod
-    def _task_ratios(ratios: dict) -> dict:
+    def _task_ratios(ratios: dict, supervision: Supervision | None) -> dict:
         ratios = dict(ratios)
-        if ratios.get("cid2ins"):
-            logger.info("NaviGen: cid2ins skipped, no instruction supervision is configured")
+        if ratios.get("cid2ins") and not (supervision and supervision.examples):
+            reason = "no instruction supervision is configured" if supervision is None else \
+                f"{supervision.path} holds no usable example"
+            logger.info(f"NaviGen: cid2ins skipped, {reason}")
             ratios["cid2ins"] = 0.0
         return ratios
 
@@ -150,10 +194,16 @@ class NaviGen(SequentialRecommender):
                 samples.append(cid2cid_sample(self.items, past, target, self.history_format))
             elif task == "cid2tid":
                 samples.append(cid2tid_sample(self.items, target))
+            elif task == "cid2ins":  # the supervised examples, drawn at random (their own users and targets)
+                example = self.supervision.examples[self._draw(len(self.supervision.examples))]
+                samples.append(cid2ins_sample(self.items, example.history, example.target, example.reasoning,
+                                              example.instruction, self.history_format))
             else:  # tid2cid, over items that have terms (an empty TID names no item)
-                pick = torch.randint(len(self.tid2cid_items), (1,), generator=self.generator)
-                samples.append(tid2cid_sample(self.items, int(self.tid2cid_items[pick])))
+                samples.append(tid2cid_sample(self.items, int(self.tid2cid_items[self._draw(len(self.tid2cid_items))])))
         return samples
+
+    def _draw(self, count: int) -> int:
+        return int(torch.randint(count, (1,), generator=self.generator))
 
     def training_batch(self, interaction) -> dict[str, torch.Tensor]:
         """The batch's chats as padded token ids, attention mask and answer-only labels, on the model's device."""
@@ -178,19 +228,23 @@ class NaviGen(SequentialRecommender):
                                        self.beam_size, timings)
 
     @torch.no_grad()
-    def describe(self, items: list[int], max_new_tokens: int = 96) -> list[list[str] | None]:
-        """The model's own TID for each item (greedy cid2tid answers); None where the answer is not the
-        JSON object `{"target_tid": [...]}` it was trained to write."""
-        prompts = [replace(cid2tid_sample(self.items, item), answer="") for item in items]
-        batch = encode_prompts(prompts, self.hf_tokenizer, "")
+    def _greedy(self, prompts: list, prefixes: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of each prompt + its answer prefix (special tokens dropped, code tokens kept)."""
+        batch = encode_prompts(prompts, self.hf_tokenizer, prefixes)
         device = self.token_table.device
         output = self.llm.generate(input_ids=batch["input_ids"].to(device),
                                    attention_mask=batch["attention_mask"].to(device),
                                    max_new_tokens=max_new_tokens, do_sample=False,
                                    pad_token_id=self.hf_tokenizer.pad_token_id)
-        answers = self.hf_tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.hf_tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    @torch.no_grad()
+    def describe(self, items: list[int], max_new_tokens: int = 96) -> list[list[str] | None]:
+        """The model's own TID for each item (greedy cid2tid answers); None where the answer is not the
+        JSON object `{"target_tid": [...]}` it was trained to write."""
+        prompts = [replace(cid2tid_sample(self.items, item), answer="") for item in items]
         terms = []
-        for answer in answers:
+        for answer in self._greedy(prompts, [""] * len(prompts), max_new_tokens):
             try:
                 parsed = extract_json(answer)
             except ValueError:
@@ -198,6 +252,30 @@ class NaviGen(SequentialRecommender):
             tid = parsed.get("target_tid") if isinstance(parsed, dict) else None
             terms.append(tid if isinstance(tid, list) and all(isinstance(t, str) for t in tid) else None)
         return terms
+
+    @torch.no_grad()
+    def generate_instructions(self, history: list[list[int]]) -> list[tuple[InstructionAnswer, int]]:
+        """The cid2ins reply for each history (oldest first), parsed and validated, with the attempts taken.
+
+        Attempt 1 decodes greedily after `<think>`. A reply that does not validate gets one structured retry:
+        its reasoning is kept (up to `</think>`, or all of it when the block never closed), `</think>` and
+        `{"target_tid":["` are forced, and the JSON is decoded again. A reply failing both keeps its error;
+        nothing is filled in for it.
+        """
+        prompts = [cid2ins_prompt(self.items, past[-self.max_seq_length:], self.history_format) for past in history]
+        budget = self.instruction_max_new_tokens
+        answers = [parse_instruction_answer(THINK_OPEN + text)
+                   for text in self._greedy(prompts, [THINK_OPEN] * len(prompts), budget)]
+        results = [(answer, 1) for answer in answers]
+        retry = [index for index, answer in enumerate(answers) if answer.error]
+        if retry:
+            forced = [THINK_OPEN + (answers[i].reasoning or "") + THINK_CLOSE + CID2INS_JSON_PREFIX for i in retry]
+            texts = self._greedy([prompts[i] for i in retry], forced, budget)
+            for index, prefix, text in zip(retry, forced, texts, strict=True):
+                second = parse_instruction_answer(prefix + text)
+                results[index] = (second if not second.error else replace(
+                    second, error=f"{answers[index].error}; retry: {second.error}"), 2)
+        return results
 
     @torch.no_grad()
     def full_sort_predict(self, interaction) -> torch.Tensor:

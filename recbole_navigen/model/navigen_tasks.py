@@ -14,6 +14,7 @@ decoding (the same string, cut at an answer prefix). The tasks:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -65,6 +66,13 @@ def _json(value) -> str:
 
 # Where a cid2cid answer's code begins: decoding from here on is constrained to the catalogue's CIDs.
 CID2CID_ANSWER_PREFIX = '{"target_cid":"' + ItemTokenizer.BEGIN
+# A cid2ins reply: `<think>` reasoning, then the JSON answer. Decoding starts after THINK_OPEN; a retry
+# forces THINK_CLOSE + CID2INS_JSON_PREFIX after the reasoning it kept.
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "\n</think>\n\n"
+CID2INS_JSON_PREFIX = '{"target_tid":["'
+_THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>(.*)", re.DOTALL)
+_THINK_START = re.compile(r"\s*<think>(.*)", re.DOTALL)
 
 
 def _chat(system: str, user: str) -> list[dict[str, str]]:
@@ -106,6 +114,15 @@ def cid2cid_sample(
     return replace(prompt, answer=_json({"target_cid": tokenizer.cid(target)}))
 
 
+def cid2ins_prompt(tokenizer: ItemTokenizer, history: list[int], history_format: str = "cid") -> Sample:
+    """The cid2ins chat for `history` (oldest first) with no answer yet: what instructions decode from."""
+    user = (
+        "Describe the user's next item and write a content instruction for the user.\n"
+        f"History: {_history(tokenizer, history, history_format)}\nThink first, then reply with JSON only."
+    )
+    return Sample("cid2ins", _chat(_INSTRUCTION_SYSTEM.format(entries=_HISTORY_ENTRIES[history_format]), user), "")
+
+
 def cid2ins_sample(
     tokenizer: ItemTokenizer,
     history: list[int],
@@ -115,13 +132,46 @@ def cid2ins_sample(
     history_format: str = "cid",
 ) -> Sample:
     """From `history`, reason (given `reasoning`), then name `target`'s TID and the given `instruction`."""
-    user = (
-        "Describe the user's next item and write a content instruction for the user.\n"
-        f"History: {_history(tokenizer, history, history_format)}\nThink first, then reply with JSON only."
-    )
-    messages = _chat(_INSTRUCTION_SYSTEM.format(entries=_HISTORY_ENTRIES[history_format]), user)
     answer = _json({"target_tid": tokenizer.tid(target), "target_ins": instruction})
-    return Sample("cid2ins", messages, f"<think>\n{reasoning.strip()}\n</think>\n\n{answer}")
+    return replace(cid2ins_prompt(tokenizer, history, history_format), answer=think_answer(reasoning, answer))
+
+
+def think_answer(reasoning: str, answer_json: str) -> str:
+    """The cid2ins reply: the reasoning inside `<think>`, then the JSON answer."""
+    return f"{THINK_OPEN}{reasoning.strip()}{THINK_CLOSE}{answer_json}"
+
+
+@dataclass(frozen=True)
+class InstructionAnswer:
+    """A parsed cid2ins reply; `error` says why it did not parse (the other fields are then what was found)."""
+
+    reasoning: str | None
+    target_tid: list[str] | None
+    instruction: str | None
+    error: str | None = None
+
+
+def parse_instruction_answer(text: str) -> InstructionAnswer:
+    """Validate a cid2ins reply: a closed `<think>` block, then exactly the JSON object
+    `{"target_tid": [non-empty strings], "target_ins": "non-empty text"}`."""
+    match = _THINK_BLOCK.match(text)
+    if match is None:
+        unclosed = _THINK_START.match(text)
+        return InstructionAnswer(unclosed.group(1).strip() if unclosed else None, None, None, "no closed <think> block")
+    reasoning, rest = match.group(1).strip(), match.group(2).strip()
+    try:
+        value = json.loads(rest)
+    except json.JSONDecodeError as error:
+        return InstructionAnswer(reasoning, None, None, f"answer is not one JSON object ({error.msg})")
+    if not isinstance(value, dict) or set(value) != {"target_tid", "target_ins"}:
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        return InstructionAnswer(reasoning, None, None, f"answer must have exactly target_tid and target_ins, got {keys}")
+    terms, instruction = value["target_tid"], value["target_ins"]
+    if not isinstance(terms, list) or not terms or not all(isinstance(t, str) and t.strip() for t in terms):
+        return InstructionAnswer(reasoning, None, None, "target_tid must be a non-empty list of terms")
+    if not isinstance(instruction, str) or not instruction.strip():
+        return InstructionAnswer(reasoning, terms, None, "target_ins must be non-empty text")
+    return InstructionAnswer(reasoning, terms, instruction.strip())
 
 
 def _history(tokenizer: ItemTokenizer, history: list[int], history_format: str) -> str:
@@ -185,14 +235,18 @@ def encode_for_training(samples: list[Sample], hf_tokenizer, max_length: int) ->
     }
 
 
-def encode_prompts(samples: list[Sample], hf_tokenizer, answer_prefix: str) -> dict[str, torch.Tensor]:
-    """`input_ids` and `attention_mask` [batch, longest] of each prompt + `answer_prefix`, left padded.
+def encode_prompts(samples: list[Sample], hf_tokenizer, answer_prefix: str | list[str]) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` [batch, longest] of each prompt + `answer_prefix` (one for all, or
+    one per sample), left padded.
 
     The text is exactly what `encode_for_training` tokenizes up to `answer_prefix`; a prefix that ends on a
     token boundary of the answer (such as `CID2CID_ANSWER_PREFIX`, which ends with an added token) therefore
     gives the training tokens.
     """
-    texts = [render_prompt(sample, hf_tokenizer) + answer_prefix for sample in samples]
+    prefixes = [answer_prefix] * len(samples) if isinstance(answer_prefix, str) else answer_prefix
+    if len(prefixes) != len(samples):
+        raise ValueError(f"{len(prefixes)} answer prefixes for {len(samples)} prompts")
+    texts = [render_prompt(sample, hf_tokenizer) + prefix for sample, prefix in zip(samples, prefixes)]
     rows = hf_tokenizer(texts, add_special_tokens=False)["input_ids"]
     width = max(len(ids) for ids in rows)
     pad = _pad_id(hf_tokenizer)

@@ -1,0 +1,140 @@
+"""The main job of a staged model (NaviGen): supervision when configured, each training stage in turn,
+instruction samples, then a stage summary. Every step's output is cached, so a rerun with the same
+configuration resumes at the first unfinished step.
+
+Layout, under `checkpoint_dir` (default `saved/`): `<Model>-<dataset>-<key>/stage<N>/` holds a stage's
+RecBole checkpoint and its `result.json` (written once the stage has been evaluated, which marks it done);
+`<key>` hashes the whole configuration, so any change of setting starts a fresh run folder. A stage killed
+half-way has no `result.json` and trains again from its start. Instruction samples go to
+`<results_dir>/<dataset>/<Model>-<dataset>-<key>/instructions.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from logging import getLogger
+from pathlib import Path
+
+from recbole.utils import set_color
+
+from recbole_navigen.config import Config
+from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.quick_start import RunResult, run_model
+
+# Settings that change where or how visibly a run happens, not what it computes.
+_NOT_IN_KEY = {"checkpoint_dir", "device", "gpu_id", "use_gpu", "show_progress", "state", "log_wandb",
+               "wandb_project", "worker", "init_from", "results_dir", "instruction_samples"}
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class StepReport:
+    """One line of the stage summary."""
+
+    step: str
+    status: str  # "ran", "cached", "skipped"
+    detail: str
+
+
+def run_key(config: Config) -> str:
+    """A short hash of every setting that decides what the run computes."""
+    settings = {key: value for key, value in config.final_config_dict.items() if key not in _NOT_IN_KEY}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_stages(
+    model: str | type,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict | None = None,
+    cmd_args: list[str] | None = None,
+    init_logging: bool = True,
+) -> RunResult:
+    """The main job: `run_model` once per entry of the model's `stages` key (NaviGen: SFT stage 1, then
+    stage 2), each starting from the best checkpoint of the one before, with supervision first and
+    instruction samples last when configured; a model without `stages` simply runs once."""
+    config_dict = dict(config_dict or {})
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    if not config["stages"]:
+        return run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=init_logging)
+    reports: list[StepReport] = []
+    if config["supervise"] and not config["supervision_path"]:
+        from recbole_navigen.supervision.pipeline import run_supervise
+
+        supervision = run_supervise(model, dataset, config_file_list, config_dict, cmd_args)
+        config_dict["supervision_path"] = str(supervision.path)
+        config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+        reports.append(StepReport("supervision", "done", f"{supervision.path} ({_supervision_line(supervision)})"))
+    name = f"{config['model']}-{config['dataset_name']}-{run_key(config)}"
+    run_dir = Path(config["checkpoint_dir"]) / name
+
+    results: list[RunResult] = []
+    for index, stage in enumerate(config["stages"]):
+        stage_dir = run_dir / f"stage{stage}"
+        settings = {**config_dict, "stage": stage, "checkpoint_dir": str(stage_dir)}
+        if results:
+            settings["init_from"] = results[-1].checkpoint
+        cached = finished_stage(stage_dir)
+        if cached is None:
+            result = run_model(model, dataset, config_file_list, settings, cmd_args,
+                               init_logging=init_logging and index == 0)
+            write_text_atomic(stage_dir / RESULT_FILE, result.to_json())
+        else:
+            result = cached
+        results.append(result)
+        reports.append(StepReport(f"stage {stage}", "cached" if cached else "ran", _stage_line(result)))
+
+    final = results[-1]
+    samples = config["instruction_samples"]
+    if samples and final.checkpoint:
+        reports.append(_instruction_samples(final.checkpoint, samples,
+                                            Path(config["results_dir"]) / config["dataset_name"] / name, cmd_args))
+    summary = _summary_table(name, reports)
+    write_text_atomic(run_dir / "summary.md", summary)
+    getLogger().info(set_color("stage summary", "blue") + f" ({run_dir / 'summary.md'}):\n{summary}")
+    return final
+
+
+def finished_stage(stage_dir: Path) -> RunResult | None:
+    """The result of a stage that ran to the end in `stage_dir` (its checkpoint still there), else None."""
+    result_file = stage_dir / RESULT_FILE
+    if not result_file.is_file():
+        if stage_dir.is_dir():
+            getLogger().info(f"{stage_dir}: no {RESULT_FILE}, the stage did not finish; training it from the start")
+        return None
+    result = RunResult(**json.loads(result_file.read_text(encoding="utf-8")))
+    if result.checkpoint and not Path(result.checkpoint).is_file():
+        getLogger().info(f"{result_file}: its checkpoint {result.checkpoint} is gone; training the stage again")
+        return None
+    getLogger().info(f"{stage_dir}: finished before, reusing {result.checkpoint}")
+    return result
+
+
+def _instruction_samples(checkpoint: str, users: int, folder: Path, cmd_args: list[str] | None) -> StepReport:
+    """Predictions and instructions for the first `users` test users, once per run folder."""
+    from recbole_navigen.generation.instructions import load_trained_navigen, write_generations
+
+    output = folder / "instructions.jsonl"
+    if output.is_file():
+        return StepReport("instruction samples", "cached", str(output))
+    _, model, test_data = load_trained_navigen(checkpoint, cmd_args)
+    summary = write_generations(model, test_data, users, output)
+    return StepReport("instruction samples", "ran", summary.describe())
+
+
+def _stage_line(result: RunResult) -> str:
+    tests = ", ".join(f"{key} {value:.4f}" for key, value in result.test.items() if "@10" in key)
+    return f"test {tests}; trained {result.train_seconds:.0f} s; {result.checkpoint}"
+
+
+def _supervision_line(supervision) -> str:
+    summary = supervision.summary
+    return ", ".join(f"{key} {summary[key]}" for key in ("teacher", "done", "failed") if key in summary)
+
+
+def _summary_table(name: str, reports: list[StepReport]) -> str:
+    lines = [f"# {name}", "", "| step | status | detail |", "|---|---|---|"]
+    lines += [f"| {report.step} | {report.status} | {report.detail} |" for report in reports]
+    return "\n".join(lines) + "\n"
