@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
 
-from recbole.utils import set_color
+from recbole.utils import init_logger, set_color
 
 from recbole_navigen.config import Config
 from recbole_navigen.fileio import write_text_atomic
@@ -59,7 +59,9 @@ def run_stages(
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
     if not config["stages"]:
         return run_model(model, dataset, config_file_list, config_dict, cmd_args, init_logging=init_logging)
-    reports: list[StepReport] = []
+    if init_logging:
+        init_logger(config)
+    reports = [_identifiers(config)]
     if config["supervise"] and not config["supervision_path"]:
         from recbole_navigen.supervision.pipeline import run_supervise
 
@@ -71,15 +73,14 @@ def run_stages(
     run_dir = Path(config["checkpoint_dir"]) / name
 
     results: list[RunResult] = []
-    for index, stage in enumerate(config["stages"]):
+    for stage in config["stages"]:
         stage_dir = run_dir / f"stage{stage}"
         settings = {**config_dict, "stage": stage, "checkpoint_dir": str(stage_dir)}
         if results:
             settings["init_from"] = results[-1].checkpoint
         cached = finished_stage(stage_dir)
         if cached is None:
-            result = run_model(model, dataset, config_file_list, settings, cmd_args,
-                               init_logging=init_logging and index == 0)
+            result = run_model(model, dataset, config_file_list, settings, cmd_args, init_logging=False)
             write_text_atomic(stage_dir / RESULT_FILE, result.to_json())
         else:
             result = cached
@@ -110,6 +111,19 @@ def finished_stage(stage_dir: Path) -> RunResult | None:
         return None
     getLogger().info(f"{stage_dir}: finished before, reusing {result.checkpoint}")
     return result
+
+
+def _identifiers(config: Config) -> StepReport:
+    """Build (or find cached) the item identifiers every stage reads, so that their cost shows on its own."""
+    from recbole.data import create_dataset
+
+    from recbole_navigen.identifiers.build import build_identifiers
+    from recbole_navigen.identifiers.report import collisions_after
+
+    identifiers = build_identifiers(config, create_dataset(config))
+    cid, tid = identifiers.stats["cid"], identifiers.stats["tid"]
+    return StepReport("identifiers", "ready", f"{identifiers.folder}: {cid['method']} CIDs, "
+                      f"{collisions_after(identifiers)} collisions; {tid['method']} TIDs, {tid['mean_terms']} terms/item")
 
 
 def _instruction_samples(checkpoint: str, users: int, folder: Path, cmd_args: list[str] | None) -> StepReport:

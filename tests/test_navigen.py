@@ -132,7 +132,7 @@ def test_stages_run_in_order_resume_and_start_from_the_stage_before(tiny_name, n
     stage_one = final.config["init_from"]
     assert final.config["stage"] == 2 and "stage1" in stage_one and "stage2" in final.checkpoint
     summary = (Path(final.checkpoint).parents[1] / "summary.md").read_text()
-    assert "| stage 1 | ran |" in summary and "| stage 2 | ran |" in summary
+    assert "| stage 1 | ran |" in summary and "| stage 2 | ran |" in summary and "| identifiers | ready |" in summary
 
     trained = torch.load(stage_one, weights_only=False)["state_dict"]
     model, _, _ = _model(tiny_name, {**navigen_config, "init_from": stage_one})

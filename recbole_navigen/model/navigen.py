@@ -88,7 +88,7 @@ class NaviGen(SequentialRecommender):
 
         self.instruction_max_new_tokens = config["instruction_max_new_tokens"]
         self.supervision = self._supervision(config["supervision_path"])
-        self.task_ratios = self._task_ratios(config["task_ratios"], self.supervision)
+        self.task_ratios = self._task_ratios(config["task_ratios"], self.supervision, config["stage"])
         self.tid2cid_items = torch.tensor([i for i in range(1, self.items.n_items) if self.items.tid(i)])
         self.generator = torch.Generator().manual_seed(config["seed"])
         self.task_counts: Counter[str] = Counter()
@@ -173,13 +173,21 @@ class NaviGen(SequentialRecommender):
         return len(self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]) <= self.max_length
 
     @staticmethod
-    def _task_ratios(ratios: dict, supervision: Supervision | None) -> dict:
+    def _task_ratios(ratios: dict, supervision: Supervision | None, stage: int) -> dict:
+        """`task_ratios` without cid2ins where it cannot or should not train: no usable supervision, or stage 1
+        (the cold start learns the identifiers: mapping tasks and cid2cid, as in the release)."""
         ratios = dict(ratios)
-        if ratios.get("cid2ins") and not (supervision and supervision.examples):
-            reason = "no instruction supervision is configured" if supervision is None else \
-                f"{supervision.path} holds no usable example"
-            logger.info(f"NaviGen: cid2ins skipped, {reason}")
-            ratios["cid2ins"] = 0.0
+        if ratios.get("cid2ins"):
+            reason = None
+            if stage == 1:
+                reason = "stage 1 trains the mapping tasks and cid2cid; instructions come in stage 2"
+            elif supervision is None:
+                reason = "no instruction supervision is configured"
+            elif not supervision.examples:
+                reason = f"{supervision.path} holds no usable example"
+            if reason:
+                logger.info(f"NaviGen: cid2ins skipped, {reason}")
+                ratios["cid2ins"] = 0.0
         return ratios
 
     def samples(self, interaction) -> list:
