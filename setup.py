@@ -24,6 +24,7 @@ setup(
         "pandas<3",  # pandas 3 breaks RecBole's token_seq loading and its fillna(inplace=True)
         "tqdm",
         "openai>=1.40",
+        "matplotlib",  # the RL stage's reward curves
     ],
     extras_require={
         "test": ["pytest"],

@@ -74,8 +74,9 @@ def run_stages(
 
     results: list[RunResult] = []
     for stage in config["stages"]:
-        stage_dir = run_dir / f"stage{stage}"
-        settings = {**config_dict, "stage": stage, "checkpoint_dir": str(stage_dir)}
+        stage_dir = run_dir / (f"stage{stage}" if isinstance(stage, int) else str(stage))
+        overrides = (config["stage_settings"] or {}).get(stage, {})
+        settings = {**config_dict, **overrides, "stage": stage, "checkpoint_dir": str(stage_dir)}
         if results:
             settings["init_from"] = results[-1].checkpoint
         cached = finished_stage(stage_dir)

@@ -25,29 +25,42 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-@torch.no_grad()
+class SentenceEncoder:
+    """A sentence-embedding model (a folder, hub name or offline alias), loaded once: mean-pooled,
+    L2-normalised embeddings of texts."""
+
+    def __init__(self, encoder: str, cache_dir: str, max_length: int) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from recbole_navigen.llm.pretrained import resolve_pretrained
+
+        folder = resolve_pretrained(encoder, cache_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.max_length = max_length
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """[len(texts), dim] float32 rows, one per text."""
+        # Longest texts first, so each batch pads to similar lengths; the order is restored at the end.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        rows = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="text embeddings", unit="batch") if progress else starts:
+            index = order[start : start + batch_size]
+            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            rows[index] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        return _normalise(rows)
+
+
 def text_embeddings(
     texts: list[str], encoder: str, cache_dir: str, batch_size: int, max_length: int
 ) -> np.ndarray:
     """Mean-pooled, L2-normalised sentence embeddings of `texts` ([len(texts), dim] float32)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from recbole_navigen.llm.pretrained import resolve_pretrained
-
-    folder = resolve_pretrained(encoder, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-    # Longest texts first, so each batch pads to similar lengths; the order is restored at the end.
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    rows = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc="text embeddings", unit="batch"):
-        index = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in index], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        rows[index] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-    return _normalise(rows)
+    return SentenceEncoder(encoder, cache_dir, max_length).encode(texts, batch_size, progress=True)
 
 
 def collaborative_embeddings(config, item_ids: list[str]) -> np.ndarray:

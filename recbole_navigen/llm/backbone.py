@@ -203,12 +203,13 @@ def train_new_rows_only(model, new_ids: torch.Tensor, train_head: str) -> list:
     return handles
 
 
-def apply_lora(model, new_ids: torch.Tensor, r: int, alpha: int, dropout: float, target_modules: list[str]):
+def apply_lora(model, new_ids: torch.Tensor | None, r: int, alpha: int, dropout: float, target_modules: list[str]):
     """Stage 2: wrap `model` with LoRA adapters on `target_modules`, and keep the `new_ids` rows trainable.
 
     peft freezes every base weight, the embedding and head included, so newly added tokens would keep their
     initial (mean) rows forever: the embedding and an untied head are made trainable again, with the same
-    row mask as stage 1 (so use `parameter_groups` for weight decay). Returns the PeftModel.
+    row mask as stage 1 (so use `parameter_groups` for weight decay). `new_ids=None` trains the adapters
+    only (the RL stage). Returns the PeftModel.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -216,6 +217,8 @@ def apply_lora(model, new_ids: torch.Tensor, r: int, alpha: int, dropout: float,
         task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
     )
     peft_model = get_peft_model(model, config)
+    if new_ids is None:
+        return peft_model
     _mask_rows(peft_model.get_input_embeddings().weight, new_ids)
     head = peft_model.get_output_embeddings()
     if head is not None and not _is_tied(peft_model):

@@ -58,6 +58,7 @@ from recbole_navigen.model.navigen_tasks import (
 from recbole_navigen.teacher.jsonparse import extract_json
 
 logger = logging.getLogger(__name__)
+RL_STAGE = "rl"
 
 
 class NaviGen(SequentialRecommender):
@@ -80,7 +81,7 @@ class NaviGen(SequentialRecommender):
                                                identifiers.texts[1:], config["tiny_backbone"])
         new_ids = extend_vocabulary(llm, self.hf_tokenizer, self.items.code_tokens())
         if config["init_from"]:
-            load_trained_weights(llm, self._stage_weights(config["init_from"]), new_ids)
+            llm = self._trained_backbone(llm, config["init_from"], new_ids)
         self.llm = self._trainable(llm, new_ids, config)
         self.register_buffer("token_table", self.items.token_id_table(self.hf_tokenizer), persistent=False)
         self.begin_id, self.end_id = self.items.begin_id(self.hf_tokenizer), self.items.end_id(self.hf_tokenizer)
@@ -92,6 +93,11 @@ class NaviGen(SequentialRecommender):
         self.tid2cid_items = torch.tensor([i for i in range(1, self.items.n_items) if self.items.tid(i)])
         self.generator = torch.Generator().manual_seed(config["seed"])
         self.task_counts: Counter[str] = Counter()
+        self.rl_objective = None
+        if config["stage"] == RL_STAGE:
+            from recbole_navigen.rl.objective import GRPOObjective
+
+            self.rl_objective = GRPOObjective(config)
 
     def _trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {name: parameter for name, parameter in self.named_parameters() if parameter.requires_grad}
@@ -115,20 +121,43 @@ class NaviGen(SequentialRecommender):
         unpack_masked_rows(trainable, state_dict)
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
-    def _read_checkpoint(self, checkpoint: str) -> dict:
-        """A NaviGen checkpoint written by RecBole's trainer, checked against this model's identifiers."""
+    def _read_checkpoint(self, checkpoint: str) -> tuple[dict, object]:
+        """(weights, config) of a NaviGen checkpoint written by RecBole's trainer, checked against this
+        model's identifiers."""
         # Our own RecBole checkpoint: it pickles the Config beside the weights, which the safe loader refuses.
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # load_state_dict places it
         self.load_other_parameter(state.get("other_parameter"))
-        return state["state_dict"]
+        return state["state_dict"], state["config"]
 
-    def _stage_weights(self, checkpoint: str) -> dict[str, torch.Tensor]:
-        """The backbone weights an earlier stage's checkpoint holds (its trained weights only)."""
-        return {key.removeprefix("llm."): value for key, value in self._read_checkpoint(checkpoint).items()}
+    def _trained_backbone(self, llm, checkpoint: str, new_ids: torch.Tensor):
+        """`llm` as the stage that wrote `checkpoint` left it: that stage's own starting point first (its
+        `init_from`, recursively), then its weights; adapters it trained are merged in, so the next stage
+        starts from a plain model (and the RL stage's reference policy is exactly this one)."""
+        weights, saved = self._read_checkpoint(checkpoint)
+        if saved["init_from"]:
+            llm = self._trained_backbone(llm, saved["init_from"], new_ids)
+        weights = {key.removeprefix("llm."): value for key, value in weights.items()}
+        if not self._uses_lora(saved):
+            load_trained_weights(llm, weights, new_ids)
+            return llm
+        rl = saved["stage"] == RL_STAGE
+        prefix = "rl_" if rl else ""
+        adapted = apply_lora(llm, None if rl else new_ids, saved[f"{prefix}lora_r"], saved[f"{prefix}lora_alpha"],
+                             saved[f"{prefix}lora_dropout"], saved[f"{prefix}lora_target_modules"])
+        parameters = dict(adapted.named_parameters())
+        unpack_masked_rows(parameters, weights)
+        unexpected = adapted.load_state_dict(weights, strict=False).unexpected_keys
+        if unexpected:
+            raise KeyError(f"{checkpoint}: weights for parameters the model does not have: {unexpected[:5]}")
+        return adapted.merge_and_unload()
+
+    @staticmethod
+    def _uses_lora(config) -> bool:
+        return config["stage"] == RL_STAGE or (config["stage"] == 2 and config["finetune"] == "lora")
 
     def load_checkpoint(self, checkpoint: str) -> None:
         """Restore the trained weights of a checkpoint this model's configuration wrote."""
-        self.load_state_dict(self._read_checkpoint(checkpoint))
+        self.load_state_dict(self._read_checkpoint(checkpoint)[0])
 
     def other_parameter(self) -> dict:
         """Saved beside the weights by RecBole: which identifiers and backbone they belong to."""
@@ -141,12 +170,16 @@ class NaviGen(SequentialRecommender):
 
     @staticmethod
     def _trainable(llm, new_ids: torch.Tensor, config):
-        """Stage 1: new rows + head only. Stage 2: LoRA adapters + new rows, or every weight."""
+        """Stage 1: new rows + head only. Stage 2: LoRA adapters + new rows, or every weight. RL: a fresh
+        LoRA adapter only (switched off, it gives the reference policy)."""
         if config["stage"] == 1:
             train_new_rows_only(llm, new_ids, config["stage1_head"])
             return llm
+        if config["stage"] == RL_STAGE:
+            return apply_lora(llm, None, config["rl_lora_r"], config["rl_lora_alpha"], config["rl_lora_dropout"],
+                              config["rl_lora_target_modules"])
         if config["stage"] != 2:
-            raise ValueError(f"stage must be 1 or 2, not {config['stage']!r}")
+            raise ValueError(f"stage must be 1, 2 or {RL_STAGE!r}, not {config['stage']!r}")
         if config["finetune"] == "lora":
             return apply_lora(llm, new_ids, config["lora_r"], config["lora_alpha"], config["lora_dropout"],
                               config["lora_target_modules"])
@@ -219,6 +252,9 @@ class NaviGen(SequentialRecommender):
         return {key: value.to(self.token_table.device) for key, value in batch.items()}
 
     def calculate_loss(self, interaction) -> torch.Tensor:
+        """The mixed SFT loss; in the RL stage, the GRPO loss of rollouts on this batch's users."""
+        if self.rl_objective is not None:
+            return self.rl_objective(self, interaction)
         return self.llm(**self.training_batch(interaction)).loss
 
     @torch.no_grad()
