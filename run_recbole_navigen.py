@@ -4,6 +4,7 @@
     python run_recbole_navigen.py --models=SASRec,GRU4Rec --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py --dataset=amazon --config_files=dataset_configs/sweeps/amazon.yaml
     python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
+    python run_recbole_navigen.py supervise --dataset=amazon --teacher=heuristic --max_users=500
     python run_recbole_navigen.py generate --checkpoint=saved/NaviGen-ml-100k-KEY/stage2/X.pth --users=20
 
 Any other `--key=value` is a RecBole config parameter and wins over every file.
@@ -74,9 +75,29 @@ def generate(argv: list[str]) -> None:
           + (f" (trained on {summary.supervision} supervision)" if summary.supervision else ""))
 
 
+def supervise(argv: list[str]) -> None:
+    """Write the teacher's instruction supervision (steps 1-3) for one sample per user; print its summary."""
+    from recbole_navigen.supervision.pipeline import TEACHERS, format_summary, run_supervise
+
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--teacher", choices=TEACHERS, help="heuristic (offline) or an LLM through teacher_* keys")
+    extra.add_argument("--max_users", type=int, help="supervise this many users, drawn with supervision_seed")
+    own, rest = extra.parse_known_args(argv)
+    args, cmd_args = parse_args(rest)
+    settings = {}
+    if own.teacher:
+        settings["supervision_teacher"] = own.teacher
+        if own.teacher != "heuristic":
+            settings["teacher_backend"] = own.teacher
+    if own.max_users is not None:
+        settings["supervision_max_users"] = own.max_users
+    run = run_supervise(args.model or "SASRec", args.dataset, args.config_files, settings, cmd_args)
+    print(format_summary(run.summary))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"identifiers": identifiers, "generate": generate}
+    commands = {"identifiers": identifiers, "generate": generate, "supervise": supervise}
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

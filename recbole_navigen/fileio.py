@@ -1,12 +1,17 @@
-"""Atomic file writing: a reader never sees half a file, a killed job never leaves one."""
+"""Atomic file writing (a reader never sees half a file, a killed job never leaves one) and the
+append-only JSONL logs that resumable jobs read back."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -26,3 +31,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_open(path) as stream:
         stream.write(text)
+
+
+def read_jsonl_log(path: str | os.PathLike, key: str, what: str = "record") -> dict[str, dict]:
+    """The rows of an append-only JSONL log, the last one per `row[key]`. A torn last line (a kill mid-write)
+    is cut off the file, so appending continues on a clean line; any other bad line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        logger.warning("dropping a truncated last line from %s", path)
+        with open(path, "r+b") as stream:
+            stream.truncate(len(complete))
+    rows = {}
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            rows[row[key]] = row
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            raise ValueError(f"{path}:{number} is not a {what} ({error}); only the last line may be torn: "
+                             "delete the file to start over") from None
+    return rows

@@ -236,9 +236,13 @@ def test_supervision_rows_are_checked(tiny_name, navigen_config, tmp_path):
     model, _, _ = _model(tiny_name, navigen_config)
     path = _write_supervision(tmp_path / "s.jsonl", model)
     assert len(read_supervision(path, model.items, max_history=2).examples[0].history) == 2
+    low = json.loads(path.read_text().splitlines()[0]) | {"step2": {"best": {"overall": -0.5}}}
+    path.write_text(path.read_text() + json.dumps(low) + "\n")
+    kept = read_supervision(path, model.items, max_history=8, min_fitness=0.0)
+    assert len(kept.examples) == 6 and kept.skipped == {"status failed": 1, "fitness below 0.0": 1}
     path.write_text(path.read_text() + json.dumps({"history": ["nope"], "target": "1", "status": "ok",
                                                    "teacher": "heuristic", "reasoning": "r", "instruction": "i"}))
-    with pytest.raises(ValueError, match=r"s.jsonl:8: item 'nope' is not in this dataset"):
+    with pytest.raises(ValueError, match=r"s.jsonl:9: item 'nope' is not in this dataset"):
         read_supervision(path, model.items, max_history=8)
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"s.jsonl:1: not a JSON line"):

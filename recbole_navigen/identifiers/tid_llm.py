@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from recbole_navigen.fileio import read_jsonl_log
 from recbole_navigen.identifiers.terms import clean_terms
 from recbole_navigen.teacher.client import ChatResult, TeacherClient
 from recbole_navigen.teacher.jsonparse import extract_json, strip_think
@@ -132,24 +133,8 @@ def _record(item_id: str, text: str, result: ChatResult | Exception, max_terms: 
 
 
 def load_records(path: Path) -> dict[str, dict]:
-    """Records already in the log, last one per item; a torn last line (killed mid-write) is cut off the file."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        logger.warning("dropping a truncated last line from %s", path)
-        with open(path, "r+b") as stream:
-            stream.truncate(len(complete))
-    records = {}
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            message = f"{path}:{number} is not a JSON record ({error}); only the last line may be torn"
-            raise ValueError(message) from error
-        records[record["item_id"]] = record
-    return records
+    """Records already in the log, last one per item (a torn last line is cut off the file)."""
+    return read_jsonl_log(path, "item_id", "JSON record")
 
 
 def extract_terms_llm(

@@ -42,10 +42,12 @@ class Supervision:
         return ",".join(self.teachers) or "none"
 
 
-def read_supervision(path: str | Path, tokenizer: ItemTokenizer, max_history: int) -> Supervision:
+def read_supervision(path: str | Path, tokenizer: ItemTokenizer, max_history: int,
+                     min_fitness: float | None = None) -> Supervision:
     """The `status: ok` rows of the supervision JSONL at `path`, each history cut to its last `max_history`
-    items (what NaviGen sees in its prompts). A malformed row or an item unknown to `tokenizer` is an error
-    naming the file and line: the file belongs to another dataset or identifier build."""
+    items (what NaviGen sees in its prompts); with `min_fitness`, rows whose best instruction scored below it
+    in the search (`step2.best.overall`) are left out too. A malformed row or an item unknown to `tokenizer`
+    is an error naming the file and line: the file belongs to another dataset or identifier build."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"supervision_path {path} does not exist: run `python run_recbole_navigen.py "
@@ -59,6 +61,10 @@ def read_supervision(path: str | Path, tokenizer: ItemTokenizer, max_history: in
             row = _row(line, where)
             if row["status"] != "ok":
                 skipped[f"status {row['status']}"] += 1
+                continue
+            fitness = ((row.get("step2") or {}).get("best") or {}).get("overall")
+            if min_fitness is not None and isinstance(fitness, (int, float)) and fitness < min_fitness:
+                skipped[f"fitness below {min_fitness}"] += 1
                 continue
             missing = [key for key in _REQUIRED_WHEN_OK if not isinstance(row.get(key), str) or not row[key].strip()]
             if missing:

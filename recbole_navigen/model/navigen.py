@@ -88,7 +88,7 @@ class NaviGen(SequentialRecommender):
         self.trie = self.items.trie
 
         self.instruction_max_new_tokens = config["instruction_max_new_tokens"]
-        self.supervision = self._supervision(config["supervision_path"])
+        self.supervision = self._supervision(config["supervision_path"], config["cid2ins_min_fitness"])
         self.task_ratios = self._task_ratios(config["task_ratios"], self.supervision, config["stage"])
         self.tid2cid_items = torch.tensor([i for i in range(1, self.items.n_items) if self.items.tid(i)])
         self.generator = torch.Generator().manual_seed(config["seed"])
@@ -187,11 +187,11 @@ class NaviGen(SequentialRecommender):
             raise ValueError(f"finetune must be lora or full, not {config['finetune']!r}")
         return llm
 
-    def _supervision(self, path: str | None) -> Supervision | None:
+    def _supervision(self, path: str | None, min_fitness: float | None) -> Supervision | None:
         """The cid2ins examples of `path` whose whole chat fits `max_length` (the others are counted, logged)."""
         if not path:
             return None
-        supervision = read_supervision(path, self.items, self.max_seq_length)
+        supervision = read_supervision(path, self.items, self.max_seq_length, min_fitness)
         fitting = [example for example in supervision.examples
                    if self._fits(cid2ins_sample(self.items, example.history, example.target, example.reasoning,
                                                 example.instruction, self.history_format))]
