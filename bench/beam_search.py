@@ -21,7 +21,7 @@ from recbole.data.interaction import Interaction, cat_interactions
 from recbole.trainer import Trainer
 
 import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
-from bench.machine import machine
+from bench.machine import machine, write_table
 from recbole_navigen.config import Config
 from recbole_navigen.decoding.hf_reference import dict_trie, generate_one_by_one
 from recbole_navigen.model.tiger import END, TIGER
@@ -91,8 +91,7 @@ def main(argv: list[str]) -> None:
         *rows, "",
     ])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(table)
-    print(table)
+    write_table(RESULTS, table)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from time import perf_counter
 from recbole.data import create_dataset
 
 import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
-from bench.machine import machine
+from bench.machine import machine, write_table
 from recbole_navigen.config import Config
 from recbole_navigen.identifiers.build import CID_KEYS, identifier_settings, load_or_build_embeddings
 from recbole_navigen.identifiers.item_text import build_item_texts
@@ -74,8 +74,7 @@ def main(argv: list[str]) -> None:
         f"{1000 * tid_seconds / n_items:.3f} s per 1,000 items.", "",
     ])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(table)
-    print(table)
+    write_table(RESULTS, table)
 
 
 if __name__ == "__main__":

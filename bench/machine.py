@@ -17,3 +17,10 @@ def machine() -> str:
                  if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
         device = names[0] if names else platform.processor() or "unknown CPU"
     return f"{device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def write_table(path: Path, table: str) -> None:
+    """Write a benchmark's markdown to `path` (folders made as needed) and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    print(table)

@@ -19,7 +19,7 @@ from recbole.data import create_dataset, data_preparation
 
 import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
 from bench.latency_server import start_server, supervision_answer
-from bench.machine import machine
+from bench.machine import machine, write_table
 from recbole_navigen.config import Config
 from recbole_navigen.supervision.pipeline import run_supervision
 
@@ -82,9 +82,7 @@ def main(argv: list[str]) -> None:
         "|---|---|---|---|---|---|---|---|",
         *lines, "",
     ])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(table)
+    write_table(args.output, table)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from recbole.data import create_dataset, data_preparation
 
 import recbole_navigen  # noqa: F401  (RecBole compatibility shims)
 from bench.beam_search import first_users
-from bench.machine import machine
+from bench.machine import machine, write_table
 from recbole_navigen.config import Config
 
 RESULTS = Path(__file__).parent / "results" / "throughput.md"
@@ -33,22 +33,19 @@ def measure(name: str, dataset: str, train_batches: int, eval_users: int, cmd_ar
     model = config.model_class(config, train._dataset)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config["learning_rate"])
     batches = iter(train)
-    examples = tokens = 0
+    examples = 0
     start = None
     for step in range(train_batches + 1):
         if step == 1:  # the first step warms up allocators and caches
-            start, examples, tokens = perf_counter(), 0, 0
+            start, examples = perf_counter(), 0
+            tokens_before = getattr(model, "trained_tokens", 0)
         interaction = next(batches)
         optimizer.zero_grad()
-        if name == "NaviGen":  # count the tokens of the chats it trains on, padding excluded
-            batch = model.training_batch(interaction)
-            tokens += int(batch["attention_mask"].sum())
-            model.llm(**batch).loss.backward()
-        else:
-            model.calculate_loss(interaction).backward()
+        model.calculate_loss(interaction).backward()
         optimizer.step()
         examples += len(interaction)
     train_seconds = perf_counter() - start
+    tokens = getattr(model, "trained_tokens", 0) - tokens_before  # NaviGen counts its chats' tokens
     model.eval()
     users = first_users(test, eval_users)
     start = perf_counter()
@@ -81,9 +78,7 @@ def main(argv: list[str]) -> None:
         "|---|---|---|---|---|---|",
         *rows, "",
     ])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(table)
+    write_table(args.output, table)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,16 @@ class StepReport:
 def run_key(config: Config) -> str:
     """A short hash of every setting that decides what the run computes."""
     settings = {key: value for key, value in config.final_config_dict.items() if key not in _NOT_IN_KEY}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return hashlib.sha256(json.dumps(_string_keys(settings), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _string_keys(value):
+    """`value` with every mapping key a string (YAML allows `1:` beside `rl:`, which JSON cannot sort)."""
+    if isinstance(value, dict):
+        return {str(key): _string_keys(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(item) for item in value]
+    return value
 
 
 def run_stages(

@@ -39,13 +39,19 @@ class SweepSpec:
     seeds: list[int] | None = None  # None: the seed the configuration gives
     shared: dict = field(default_factory=dict)
     per_model: dict[str, dict] = field(default_factory=dict)
+    variants: dict[str, dict] = field(default_factory=dict)  # name -> {model: <class name>, **settings}
 
     def runs(self) -> list[tuple[str, int | None]]:
         return [(model, seed) for model in self.models for seed in self.seeds or [None]]
 
+    def model_class(self, name: str) -> str:
+        """The model a run of `name` trains: the variant's `model`, else `name` itself."""
+        return self.variants[name]["model"] if name in self.variants else name
+
     def config_dict(self, model: str, seed: int | None) -> dict:
-        """The parameters one run gets in code: shared, then the model's own, then the seed."""
-        return {**self.shared, **self.per_model.get(model, {}), **({} if seed is None else {"seed": seed})}
+        """The parameters one run gets in code: shared, then the variant's, the model's own, then the seed."""
+        variant = {key: value for key, value in self.variants.get(model, {}).items() if key != "model"}
+        return {**self.shared, **variant, **self.per_model.get(model, {}), **({} if seed is None else {"seed": seed})}
 
     @classmethod
     def from_config(cls, config: dict, source: str = "the config files") -> SweepSpec | None:
@@ -53,16 +59,22 @@ class SweepSpec:
         section = config.get("sweep")
         if section is None:
             return None
-        if not isinstance(section, dict) or set(section) - {"models", "seeds", "shared", "per_model"} or not section.get("models"):
+        keys = {"models", "seeds", "shared", "per_model", "variants"}
+        if not isinstance(section, dict) or set(section) - keys or not section.get("models"):
             raise ValueError(
-                f"{source}: 'sweep' must be a mapping with 'models' and optionally seeds, shared, per_model; "
-                f"found {section!r}."
+                f"{source}: 'sweep' must be a mapping with 'models' and optionally seeds, shared, per_model, "
+                f"variants; found {section!r}."
             )
+        variants = {name: dict(values or {}) for name, values in (section.get("variants") or {}).items()}
+        without_model = sorted(name for name, values in variants.items() if not values.get("model"))
+        if without_model:
+            raise ValueError(f"{source}: sweep variants {without_model} must name their `model`")
         return cls(
             models=list(section["models"]),
             seeds=[int(seed) for seed in section["seeds"]] if section.get("seeds") else None,
             shared=dict(section.get("shared") or {}),
             per_model={name: dict(values or {}) for name, values in (section.get("per_model") or {}).items()},
+            variants=variants,
         )
 
 
@@ -88,7 +100,9 @@ def run_sweep(
             continue
         logger.info("sweep: run %d/%d, %s", index + 1, len(runs), record.stem)
         config_dict = spec.config_dict(model, seed)
-        result = run_stages(model, dataset, config_file_list, config_dict, cmd_args, init_logging=index == 0)
+        result = run_stages(spec.model_class(model), dataset, config_file_list, config_dict, cmd_args,
+                            init_logging=index == 0)
+        result.model = model  # a variant's name, so the table tells variants of one model apart
         write_text_atomic(record, result.to_json())
         results.append(json.loads(result.to_json()))
         write_summary(run_dir, results)

@@ -158,6 +158,7 @@ def _write_supervision(path: Path, model, users: int = 6) -> Path:
     ids = model.items.item_ids
     rows = [{"sample_id": str(u), "user": str(u), "history": ids[1 + u:4 + u], "target": ids[5 + u],
              "teacher": "heuristic", "status": "ok", "error": None,
+             "step1": {"reasoning": "I reason from the history to the target."},
              "reasoning": f"I see a taste for {model.items.tid(5 + u)[:1]} and I expect more of it.",
              "instruction": "A warm cinematic still of a quiet evening scene, soft light, wide shot."}
             for u in range(users)]
@@ -247,5 +248,24 @@ def test_supervision_rows_are_checked(tiny_name, navigen_config, tmp_path):
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"s.jsonl:1: not a JSON line"):
         read_supervision(path, model.items, max_history=8)
+    plain = read_supervision(_write_supervision(tmp_path / "p.jsonl", model), model.items, 8, mode="plain")
+    example = plain.examples[0]
+    assert example.instruction == f"An image of {', '.join(model.items.tid(example.target))}."
+    assert example.reasoning == "I reason from the history to the target."
     with pytest.raises(FileNotFoundError, match="supervise"):
         read_supervision(tmp_path / "absent.jsonl", model.items, max_history=8)
+
+
+def test_loss_grouped_by_task_equals_one_padded_batch(tiny_name, navigen_config, monkeypatch):
+    from recbole_navigen.model.navigen_tasks import cid2cid_sample, cid2tid_sample, encode_for_training
+
+    model, _, _ = _model(tiny_name, navigen_config)
+    model.eval()  # no dropout: both losses see the same network
+    samples = [cid2cid_sample(model.items, [1, 2, 3], 4), cid2tid_sample(model.items, 5),
+               cid2cid_sample(model.items, [6], 7), cid2tid_sample(model.items, 8)]
+    monkeypatch.setattr(model, "samples", lambda interaction: samples)
+    one_batch = model.llm(**encode_for_training(samples, model.hf_tokenizer, model.max_length)).loss
+    grouped = model.calculate_loss(None)
+    assert len(model.training_batches(None)) == 2
+    assert torch.allclose(grouped, one_batch, atol=1e-5)
+    assert model.trained_tokens > 0

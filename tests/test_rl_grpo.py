@@ -132,7 +132,7 @@ def test_rl_stage_runs_in_the_main_job_and_reloads(tiny_name, tiny_item_config, 
     settings = {**tiny_item_config, **SMALL_NAVIGEN, "text_encoder": tiny_text_encoder,
                 "identifiers_dir": str(tmp_path / "ids"), "pretrained_cache_dir": str(tmp_path / "models"),
                 "epochs": 1, "train_steps_per_epoch": 2, "stages": [2, "rl"], "instruction_samples": 0,
-                "stage_settings": {"rl": {**RL_QUICK, "rl_task_ratios": {"cid2cid": 1.0}}}}
+                "stage_settings": {2: {"epochs": 1}, "rl": {**RL_QUICK, "rl_task_ratios": {"cid2cid": 1.0}}}}
     final = run_stages("NaviGen", tiny_name, config_dict=settings, cmd_args=[])
     rl_dir = final.config["checkpoint_dir"]
     assert final.config["stage"] == "rl" and rl_dir.endswith("/rl") and "stage2" in final.config["init_from"]

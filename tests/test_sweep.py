@@ -88,6 +88,21 @@ def test_sweep_declared_in_yaml(tmp_path, tiny_name, tiny_file):
     assert record["config"]["learning_rate"] == 0.01  # the command line wins over the files
 
 
+def test_variants_of_one_model_are_rows_of_their_own(tmp_path, tiny_name, tiny_file):
+    declared = tmp_path / "variants.yaml"
+    declared.write_text(yaml.safe_dump({"dataset": tiny_name, "sweep": {
+        "models": ["GRU-8", "GRU-16"], "shared": {"epochs": 1},
+        "variants": {"GRU-8": {"model": "GRU4Rec", "hidden_size": 8}, "GRU-16": {"model": "GRU4Rec", "hidden_size": 16}},
+    }}))
+    _run(f"--config_files={tiny_file} {declared}", "--run_id=v")
+    run_dir = Path("results", tiny_name, "v")
+    records = {name: json.loads((run_dir / f"{name}.json").read_text()) for name in ("GRU-8", "GRU-16")}
+    assert records["GRU-8"]["config"]["hidden_size"] == 8 and records["GRU-16"]["config"]["hidden_size"] == 16
+    assert [row["model"] for row in _read_csv(run_dir / "summary.csv")] == ["GRU-8", "GRU-16"]
+    with pytest.raises(ValueError, match="must name their `model`"):
+        SweepSpec.from_config({"sweep": {"models": ["A"], "variants": {"A": {"hidden_size": 8}}}})
+
+
 def test_bad_sweep_section_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="bad.yaml"):
         SweepSpec.from_config({"sweep": {"model": ["SASRec"]}}, str(tmp_path / "bad.yaml"))

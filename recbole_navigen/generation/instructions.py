@@ -64,15 +64,17 @@ def load_trained_navigen(checkpoint: str | Path, cmd_args: list[str] | None = No
 
 
 def write_generations(model, test_data, users: int, output: str | Path) -> GenerationSummary:
-    """The first `users` test users' lines: history, target, ranked items, the model's terms for its top
-    item, and (when it trained on cid2ins) its reasoning, target terms and instruction with parse status."""
+    """The first `users` test users' lines: history, target (with its true terms), ranked items, the model's
+    terms for its top item, and (when it trained on cid2ins) its reasoning, predicted terms and instruction
+    with parse status."""
     dataset, items = test_data._dataset, model.items
     instructed = model.supervision is not None and model.task_ratios.get("cid2ins", 0) > 0
     lines: list[str] = []
     statuses: Counter[str] = Counter()
 
     def item(index: int) -> dict:
-        return {"item": items.item_ids[index], "text": model.item_texts[index]}
+        return {"item": items.item_ids[index], "title": item_title(model.item_texts[index]),
+                "text": model.item_texts[index], "tid": items.tid(index)}
 
     for interaction, *_ in test_data:
         interaction = interaction[torch.arange(min(len(interaction), users - len(lines)))].to(model.device)
@@ -80,11 +82,12 @@ def write_generations(model, test_data, users: int, output: str | Path) -> Gener
         top_tids = model.describe(ranked.items[:, 0].tolist())
         history = histories_of(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
         replies = model.generate_instructions(history) if instructed else [None] * len(history)
+        targets = interaction[model.POS_ITEM_ID].tolist()
         for row, past in enumerate(history):
             line = {
                 "user": str(dataset.id2token(dataset.uid_field, int(interaction[model.USER_ID][row]))),
                 "history": [item(i) for i in past],
-                "target": item(int(interaction[model.POS_ITEM_ID][row])),
+                "target": item(targets[row]),
                 "predicted": [{"item": items.item_ids[i], "cid": items.cid(i), "score": round(float(score), 4)}
                               for i, score in zip(ranked.items[row].tolist(), ranked.scores[row].tolist(),
                                                   strict=True) if i > 0],
@@ -107,9 +110,14 @@ def write_generations(model, test_data, users: int, output: str | Path) -> Gener
 
 def _instruction_fields(reply) -> dict:
     if reply is None:
-        return {"target_tid": None, "instruction": None, "reasoning": None, "parse_status": NOT_TRAINED,
+        return {"predicted_tid": None, "instruction": None, "reasoning": None, "parse_status": NOT_TRAINED,
                 "parse_error": None}
     answer, attempts = reply
     status = "failed" if answer.error else ("ok" if attempts == 1 else "ok after retry")
-    return {"target_tid": answer.target_tid, "instruction": answer.instruction, "reasoning": answer.reasoning,
+    return {"predicted_tid": answer.target_tid, "instruction": answer.instruction, "reasoning": answer.reasoning,
             "parse_status": status, "parse_error": answer.error}
+
+
+def item_title(text: str) -> str:
+    """An item's title: the first field of its text (`item_text_fields` start with the title)."""
+    return text.split("; ", 1)[0]

@@ -42,12 +42,26 @@ class Supervision:
         return ",".join(self.teachers) or "none"
 
 
+SUPERVISION_MODES = ("evolved", "plain")
+
+
+def plain_instruction(terms: list[str]) -> str:
+    """The ablation's instruction: the target's terms in one plain sentence, no search behind it."""
+    return f"An image of {', '.join(terms)}." if terms else "An image of the item."
+
+
 def read_supervision(path: str | Path, tokenizer: ItemTokenizer, max_history: int,
-                     min_fitness: float | None = None) -> Supervision:
+                     min_fitness: float | None = None, mode: str = "evolved") -> Supervision:
     """The `status: ok` rows of the supervision JSONL at `path`, each history cut to its last `max_history`
     items (what NaviGen sees in its prompts); with `min_fitness`, rows whose best instruction scored below it
     in the search (`step2.best.overall`) are left out too. A malformed row or an item unknown to `tokenizer`
-    is an error naming the file and line: the file belongs to another dataset or identifier build."""
+    is an error naming the file and line: the file belongs to another dataset or identifier build.
+
+    `mode: plain` is the ablation without the evolutionary supervision: the step-1 reasoning (history to
+    target) and `plain_instruction` of the target's terms instead of the distilled reasoning and the
+    searched instruction."""
+    if mode not in SUPERVISION_MODES:
+        raise ValueError(f"cid2ins_supervision must be one of {list(SUPERVISION_MODES)}, not {mode!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"supervision_path {path} does not exist: run `python run_recbole_navigen.py "
@@ -73,8 +87,14 @@ def read_supervision(path: str | Path, tokenizer: ItemTokenizer, max_history: in
             if not history:
                 skipped["empty history"] += 1
                 continue
-            examples.append(InstructionExample(history, _item(tokenizer, row["target"], where),
-                                               row["reasoning"], row["instruction"]))
+            target = _item(tokenizer, row["target"], where)
+            reasoning, instruction = row["reasoning"], row["instruction"]
+            if mode == "plain":
+                reasoning = ((row.get("step1") or {}).get("reasoning") or "").strip()
+                if not reasoning:
+                    raise ValueError(f"{where}: cid2ins_supervision plain needs the step-1 reasoning (step1.reasoning)")
+                instruction = plain_instruction(tokenizer.tid(target))
+            examples.append(InstructionExample(history, target, reasoning, instruction))
             teachers[row["teacher"]] += 1
     if skipped:
         logger.info(f"supervision {path}: {len(examples)} examples used, rows left out: {dict(skipped)}")

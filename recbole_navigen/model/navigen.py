@@ -39,6 +39,7 @@ from recbole_navigen.model.instruction_data import Supervision, read_supervision
 from recbole_navigen.model.navigen_tasks import (
     CID2CID_ANSWER_PREFIX,
     CID2INS_JSON_PREFIX,
+    IGNORE_INDEX,
     THINK_CLOSE,
     THINK_OPEN,
     InstructionAnswer,
@@ -88,11 +89,13 @@ class NaviGen(SequentialRecommender):
         self.trie = self.items.trie
 
         self.instruction_max_new_tokens = config["instruction_max_new_tokens"]
-        self.supervision = self._supervision(config["supervision_path"], config["cid2ins_min_fitness"])
+        self.supervision = self._supervision(config["supervision_path"], config["cid2ins_min_fitness"],
+                                             config["cid2ins_supervision"])
         self.task_ratios = self._task_ratios(config["task_ratios"], self.supervision, config["stage"])
         self.tid2cid_items = torch.tensor([i for i in range(1, self.items.n_items) if self.items.tid(i)])
         self.generator = torch.Generator().manual_seed(config["seed"])
         self.task_counts: Counter[str] = Counter()
+        self.trained_tokens = 0  # tokens of the chats trained on so far, padding excluded
         self.rl_objective = None
         if config["stage"] == RL_STAGE:
             from recbole_navigen.rl.objective import GRPOObjective
@@ -187,11 +190,11 @@ class NaviGen(SequentialRecommender):
             raise ValueError(f"finetune must be lora or full, not {config['finetune']!r}")
         return llm
 
-    def _supervision(self, path: str | None, min_fitness: float | None) -> Supervision | None:
+    def _supervision(self, path: str | None, min_fitness: float | None, mode: str) -> Supervision | None:
         """The cid2ins examples of `path` whose whole chat fits `max_length` (the others are counted, logged)."""
         if not path:
             return None
-        supervision = read_supervision(path, self.items, self.max_seq_length, min_fitness)
+        supervision = read_supervision(path, self.items, self.max_seq_length, min_fitness, mode)
         fitting = [example for example in supervision.examples
                    if self._fits(cid2ins_sample(self.items, example.history, example.target, example.reasoning,
                                                 example.instruction, self.history_format))]
@@ -246,16 +249,27 @@ class NaviGen(SequentialRecommender):
     def _draw(self, count: int) -> int:
         return int(torch.randint(count, (1,), generator=self.generator))
 
-    def training_batch(self, interaction) -> dict[str, torch.Tensor]:
-        """The batch's chats as padded token ids, attention mask and answer-only labels, on the model's device."""
-        batch = encode_for_training(self.samples(interaction), self.hf_tokenizer, self.max_length)
-        return {key: value.to(self.token_table.device) for key, value in batch.items()}
+    def training_batches(self, interaction) -> list[dict[str, torch.Tensor]]:
+        """The batch's chats as padded token ids, attention mask and answer-only labels, on the model's device:
+        one padded group per task, so that a few long cid2ins chats do not pad every short mapping chat."""
+        by_task: dict[str, list] = {}
+        for sample in self.samples(interaction):
+            by_task.setdefault(sample.task, []).append(sample)
+        device = self.token_table.device
+        return [{key: value.to(device) for key, value in
+                 encode_for_training(group, self.hf_tokenizer, self.max_length).items()} for group in by_task.values()]
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        """The mixed SFT loss; in the RL stage, the GRPO loss of rollouts on this batch's users."""
+        """The mixed SFT loss (mean over every answer token of the batch, as one padded batch would give);
+        in the RL stage, the GRPO loss of rollouts on this batch's users."""
         if self.rl_objective is not None:
             return self.rl_objective(self, interaction)
-        return self.llm(**self.training_batch(interaction)).loss
+        batches = self.training_batches(interaction)
+        # Tokens each group's loss averages over: labels past the first position that are not ignored.
+        counts = [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches]
+        total = sum(counts)
+        self.trained_tokens += sum(int(batch["attention_mask"].sum()) for batch in batches)
+        return sum(self.llm(**batch).loss * (count / total) for batch, count in zip(batches, counts))
 
     @torch.no_grad()
     def beam_search(self, interaction, timings: dict | None = None):

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from statistics import mean
 
+from recbole_navigen.teacher.jsonparse import balanced_end
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _TARGET_KEY = re.compile(r'"(target_[a-z]+)"\s*:')
@@ -51,26 +53,15 @@ def think_gate(text: str, floor: float = 0.2) -> float:
 
 
 def json_objects(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each top-level balanced `{...}` in `text`, braces inside strings ignored."""
-    spans, depth, start, in_string, escaped = [], 0, 0, False, False
-    for index, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"' and depth > 0:
-            in_string = True
-        elif char == "{":
-            if depth == 0:
-                start = index
-            depth += 1
-        elif char == "}" and depth > 0:
-            depth -= 1
-            if depth == 0:
-                spans.append((start, index + 1))
+    """(start, end) of each top-level balanced `{...}` in `text`, braces inside strings ignored; an
+    unclosed `{` ends the search."""
+    spans, position = [], 0
+    while (start := text.find("{", position)) >= 0:
+        end = balanced_end(text, start)
+        if end is None:
+            break
+        spans.append((start, end))
+        position = end
     return spans
 
 

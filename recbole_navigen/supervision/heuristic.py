@@ -234,6 +234,16 @@ def _compose(slots: dict[str, str], anchor: list[str], support: list[str], sampl
         (support if support else anchor).pop()
 
 
+SLOT_CUE_STEMS = {slot: {stem(word) for phrase in BANKS[slot] for word in content_words(phrase)}
+                  | {stem(cue) for cue in CUES[slot]} for slot in VISUAL_SLOTS}
+
+
+def visual_slots(text: str) -> set[str]:
+    """The visual slots (scene, style, camera, lighting, mood) that `text` shows by at least one cue word."""
+    stems = {stem(word) for word in content_words(text)}
+    return {slot for slot, cues in SLOT_CUE_STEMS.items() if stems & cues}
+
+
 def score_prompt(prompt: str, sample: Sample) -> dict[str, Any]:
     """The four proxy scores (0-10) of `prompt` for `sample`, and a one-line reason."""
     words = words_of(prompt)
@@ -257,10 +267,8 @@ def score_prompt(prompt: str, sample: Sample) -> dict[str, Any]:
     related = (history_stems | VISUAL_STEMS) - target_stems
     novelty = 10 * sum(stem(word) in related for word in content) / len(content) if content else 0.0
 
-    present = {"subject": bool(stems & (target_stems | history_stems))}
-    for slot in VISUAL_SLOTS:
-        cues = {stem(word) for phrase in BANKS[slot] for word in content_words(phrase)} | {stem(c) for c in CUES[slot]}
-        present[slot] = bool(stems & cues)
+    shown = visual_slots(prompt)
+    present = {"subject": bool(stems & (target_stems | history_stems)), **{slot: slot in shown for slot in VISUAL_SLOTS}}
     aesthetic = 10 * sum(present.values()) / len(SLOTS)
 
     short, long_ = LENGTH_RANGE

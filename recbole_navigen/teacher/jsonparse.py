@@ -26,7 +26,7 @@ def extract_json(text: str) -> dict | list:
         if isinstance(value, (dict, list)):
             return value
     for start in (i for i, char in enumerate(body) if char == "{"):
-        end = _balanced_end(body, start)
+        end = balanced_end(body, start)
         if end is None:
             continue
         try:
@@ -37,7 +37,7 @@ def extract_json(text: str) -> dict | list:
     raise ValueError(f"no JSON object found in the answer: {excerpt!r}")
 
 
-def _balanced_end(text: str, start: int) -> int | None:
+def balanced_end(text: str, start: int) -> int | None:
     """Index just past the `}` closing the `{` at `start`, skipping braces inside strings; None if unclosed."""
     depth, in_string, escaped = 0, False, False
     for index in range(start, len(text)):

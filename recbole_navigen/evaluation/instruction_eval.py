@@ -1,0 +1,72 @@
+"""`python run_recbole_navigen.py evaluate-instructions`: instruction writers on the same test users.
+
+Inputs are `generate` files, one or more per writer (several = several seeds), e.g.
+`--inputs navigen-rl=a.jsonl,b.jsonl navigen-sft=c.jsonl`; `--references history_keywords,teacher` adds the
+reference writers of `evaluation.references`, computed from the first input's users. The table (markdown)
+gives every measure of `evaluation.instructions` per writer with the paired test against `--reference`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recbole_navigen.evaluation.compare import compare_writers, markdown_table
+from recbole_navigen.evaluation.instructions import MEASURES, term_shares
+from recbole_navigen.evaluation.references import history_keyword_rows, teacher_rows
+from recbole_navigen.fileio import write_text_atomic
+
+REFERENCES = ("history_keywords", "teacher")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The lines of a `generate` JSONL file; a line that is not JSON is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no generate file at {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+    return rows
+
+
+def evaluate_instructions(config, inputs: dict[str, list[str]], references: list[str], reference: str,
+                          output: str | Path) -> Path:
+    """Compare the writers of `inputs` (and `references`) under `config` (dataset, text encoder, supervision
+    teacher); write the markdown table to `output` and return its path."""
+    from recbole.data import create_dataset
+
+    from recbole_navigen.identifiers.build import build_identifiers
+    from recbole_navigen.identifiers.embeddings import SentenceEncoder
+
+    unknown = sorted(set(references) - set(REFERENCES))
+    if unknown:
+        raise ValueError(f"unknown reference writers {unknown}; known: {list(REFERENCES)}")
+    runs = {writer: [read_rows(path) for path in paths] for writer, paths in inputs.items()}
+    if not runs:
+        raise ValueError("give at least one --inputs writer=generate.jsonl")
+    first = next(iter(runs.values()))[0]
+    if "history_keywords" in references:
+        runs["history_keywords"] = [history_keyword_rows(first, seed=config["seed"])]
+    if "teacher" in references:
+        from recbole_navigen.supervision.pipeline import make_teacher
+
+        teacher = make_teacher(config)
+        runs[f"teacher:{teacher.label}"] = [teacher_rows(first, teacher, config["supervision_rounds"],
+                                                         config["supervision_max_history"])]
+    identifiers = build_identifiers(config, create_dataset(config))
+    shares = term_shares(identifiers.tokenizer.tid(i) for i in range(1, identifiers.tokenizer.n_items))
+    encoder = SentenceEncoder(config["text_encoder"], config["pretrained_cache_dir"], config["text_encoder_max_length"])
+    results = compare_writers(runs, encoder, shares, reference, config["instruction_distinctive_share"])
+    header = (f"# Instruction writers on `{config['dataset_name']}`\n\nMeasures ({', '.join(MEASURES)}): "
+              "recbole_navigen/evaluation/instructions.py. Inputs: "
+              + "; ".join(f"{writer}: {', '.join(paths)}" for writer, paths in inputs.items())
+              + (f"; references: {', '.join(references)}" if references else "") + ".\n\n")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, header + markdown_table(results, reference))
+    return output

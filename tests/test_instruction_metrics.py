@@ -1,0 +1,126 @@
+"""Instruction measures, reference writers and the paired comparison, on hand-made rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recbole_navigen.evaluation.compare import compare_writers, markdown_table, paired_p_value
+from recbole_navigen.evaluation.instructions import (
+    instruction_measures,
+    leaks,
+    summarise,
+    term_scores,
+    term_shares,
+)
+from recbole_navigen.evaluation.references import history_keyword_rows, history_keywords, teacher_rows
+
+
+class BagOfWords:
+    """A stand-in sentence encoder: normalised word counts over a fixed vocabulary."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vocabulary = sorted({word for text in texts for word in text.lower().split()})
+        rows = np.array([[text.lower().split().count(word) for word in vocabulary] for text in texts], float)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def _row(user: str, instruction: str | None, predicted: list[str] | None, status: str = "ok") -> dict:
+    return {"user": user, "history": [{"item": "h1", "title": "Fender Strings", "text": "Fender Strings",
+                                       "tid": ["guitar strings", "fender"]},
+                                      {"item": "h2", "title": "Boss Pedal", "text": "Boss Pedal", "tid": ["pedal"]}],
+            "target": {"item": "t", "title": "Martin Acoustic Strings", "text": "martin acoustic guitar strings bronze",
+                       "tid": ["acoustic strings", "martin", "bronze"]},
+            "predicted_tid": predicted, "instruction": instruction, "parse_status": status}
+
+
+def test_term_scores_and_shares():
+    assert term_scores(["Martin", "steel"], ["martin", "bronze", "acoustic strings"]) == pytest.approx((0.5, 1 / 3, 0.4))
+    assert term_scores(None, ["a"]) == (0.0, 0.0, 0.0) and term_scores(["x"], ["y"])[2] == 0.0
+    shares = term_shares([["martin", "bronze"], ["bronze"], ["bronze", "pedal"], []])
+    assert shares == {"martin": 0.25, "bronze": 0.75, "pedal": 0.25}
+
+
+def test_leaks_need_the_title_or_a_distinctive_term():
+    shares = {"martin": 0.001, "bronze": 0.3}
+    assert leaks("A photo of Martin Acoustic Strings on a stand", "Martin Acoustic Strings", [], shares, 0.01)
+    assert leaks("Warm light on martin wood", "Some Title", ["martin", "bronze"], shares, 0.01)
+    assert not leaks("Warm bronze light", "Some Title", ["martin", "bronze"], shares, 0.01)  # bronze is common
+    assert not leaks("Abc", "Abc", [], shares, 0.01)  # titles under 4 characters are not matched
+
+
+def test_measures_per_user():
+    rows = [_row("u1", "Cinematic close-up of bronze guitar strings, warm window light, calm mood.",
+                 ["bronze", "martin"]),
+            _row("u2", None, None, status="failed")]
+    measures = instruction_measures(rows, BagOfWords(), {"martin": 0.001, "bronze": 0.3})
+    assert measures["parsed"] == [1.0, 0.0] and measures["has_instruction"] == [1.0, 0.0]
+    assert measures["term_precision"][0] == 1.0 and measures["term_recall"][0] == pytest.approx(2 / 3)
+    assert measures["relevance"][0] > 0.2 and measures["relevance"][1] == 0.0
+    assert measures["leak"] == [0.0, 0.0]
+    assert measures["specificity"][0] == pytest.approx(4 / 5)  # style, camera, lighting, mood (calm); no scene
+    assert measures["length"] == [11.0, 0.0]
+    assert summarise(measures)["parsed"] == 0.5
+
+
+def test_paired_test_on_synthetic_data():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=60)
+    assert paired_p_value(base + 0.5 + rng.normal(scale=0.1, size=60), base) < 1e-6
+    assert paired_p_value(base, base) == 1.0
+    assert paired_p_value(base + rng.normal(scale=1.0, size=60), base) > 0.01
+
+
+def test_writers_compared_on_shared_users():
+    good = [_row(f"u{i}", "Cinematic close-up of bronze acoustic guitar strings, warm light.", ["bronze"])
+            for i in range(12)]
+    bad = [_row(f"u{i}", "Something nice.", ["steel"]) for i in range(12)] + [_row("extra", "x", ["y"])]
+    results = compare_writers({"navigen": [good, good], "vague": [bad]}, BagOfWords(), {}, reference="navigen")
+    assert [r.users for r in results] == [12, 12] and results[0].runs == 2
+    assert results[1].p_values["relevance"] < 0.01 and results[1].p_values["parsed"] == 1.0
+    table = markdown_table(results, "navigen")
+    assert "| vague | 1 | 12 |" in table and "± 0.000" in table and "Wilcoxon" in table
+    with pytest.raises(KeyError, match="reference writer"):
+        compare_writers({"vague": [bad]}, BagOfWords(), {}, reference="navigen")
+
+
+def test_reference_writers():
+    assert history_keywords([["a", "b"], ["b", "c"]], 2) == ["b", "c"]  # b: 0.5 + 1; c: 1; a: 0.5
+    rows = [_row("u1", None, None), _row("u2", None, None)]
+    first, again = history_keyword_rows(rows), history_keyword_rows(rows)
+    assert first == again and first[0]["writer"] == "history_keywords"
+    assert "guitar strings" in first[0]["instruction"] and "martin" not in first[0]["instruction"].lower()
+
+    from recbole_navigen.supervision.heuristic import HeuristicTeacher
+
+    taught = teacher_rows(rows, HeuristicTeacher(seed=1), rounds=1, shown=10)
+    assert taught[0]["writer"] == "teacher:heuristic" and taught[0]["parse_status"] == "ok"
+    assert taught[0]["instruction"] and " I " in f" {taught[0]['reasoning']}"  # first person
+
+
+def test_media_judge_sends_the_image_and_validates_scores(fake_server, tmp_path):
+    from fake_openai import make_client
+
+    from recbole_navigen.evaluation.media_judge import judge_media, parse_judgement
+
+    image = tmp_path / "u1.png"
+    image.write_bytes(b"\x89PNG fake bytes")
+
+    def answer(body):
+        with_image = isinstance(body["messages"][1]["content"], list)
+        if with_image:
+            return '{"novelty":0.6,"aesthetics":0.8,"instruction_following":0.9,"personalization":0.7}'
+        return "not json at all" if "u3" in body["messages"][1]["content"] else \
+            '{"novelty":0.5,"aesthetics":0.4,"personalization":0.3}'
+
+    fake_server.responder = answer
+    rows = [_row("u1", "A warm still life.", ["a"]), _row("u2", "Bronze strings.", ["b"]),
+            _row("u3", "x", ["c"]), _row("u4", None, None)]
+    rows[2]["history"][0]["title"] = "u3"
+    scores = judge_media(make_client(fake_server, None), rows, {"u1": image})
+    assert scores[0] == {"novelty": 0.6, "aesthetics": 0.8, "instruction_following": 0.9, "personalization": 0.7}
+    assert scores[1]["instruction_following"] is None and scores[1]["personalization"] == 0.3
+    assert scores[2] is None and scores[3] is None  # a failed answer, and a row without instruction
+    sent = [r["body"]["messages"][1]["content"] for r in fake_server.requests]
+    assert any(isinstance(c, list) and c[1]["image_url"]["url"].startswith("data:image/png;base64,") for c in sent)
+    assert parse_judgement('{"novelty":1.2,"aesthetics":0,"personalization":0}', False) is None
