@@ -6,6 +6,10 @@
     python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py supervise --dataset=amazon --teacher=heuristic --max_users=500
     python run_recbole_navigen.py generate --checkpoint=saved/NaviGen-ml-100k-KEY/stage2/X.pth --users=20
+    python run_recbole_navigen.py render --run=results/ml-100k/NaviGen-ml-100k-KEY --pipeline=stabilityai/sd-turbo
+    python run_recbole_navigen.py report --run=results/ml-100k/NaviGen-ml-100k-KEY
+    python run_recbole_navigen.py evaluate-instructions --dataset=ml-100k --inputs navigen=RUN/instructions.jsonl \
+        --references=history_keywords,teacher
 
 Any other `--key=value` is a RecBole config parameter and wins over every file.
 """
@@ -95,9 +99,72 @@ def supervise(argv: list[str]) -> None:
     print(format_summary(run.summary))
 
 
+def evaluate_instructions(argv: list[str]) -> None:
+    """Compare instruction writers (generate files, reference writers) on the same users; write a table."""
+    from recbole_navigen.config import Config
+    from recbole_navigen.evaluation.instruction_eval import REFERENCES
+    from recbole_navigen.evaluation.instruction_eval import evaluate_instructions as evaluate
+
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--inputs", nargs="+", required=True, metavar="WRITER=FILE[,FILE...]",
+                       help="generate files per writer; several files (seeds) give mean ± std")
+    extra.add_argument("--references", type=_names, default=[], help=f"reference writers: {', '.join(REFERENCES)}")
+    extra.add_argument("--reference", help="the writer every other is tested against (default: the first input)")
+    extra.add_argument("--output", help="the markdown table (default results/<dataset>/instructions-<first>.md)")
+    own, rest = extra.parse_known_args(argv)
+    malformed = [item for item in own.inputs if "=" not in item]
+    if malformed:
+        raise SystemExit(f"--inputs takes WRITER=FILE[,FILE...], not {' '.join(malformed)}")
+    inputs = {writer: _names(files) for writer, files in (item.split("=", 1) for item in own.inputs)}
+    args, cmd_args = parse_args(rest)
+    config = Config(args.model or "NaviGen", args.dataset, args.config_files, None, cmd_args)
+    first = next(iter(inputs))
+    output = own.output or f"{args.output_dir}/{args.dataset}/instructions-{first}.md"
+    path = evaluate(config, inputs, own.references, own.reference or first, output)
+    print(path.read_text())
+    print(f"Table written to {path}")
+
+
+def render(argv: list[str]) -> None:
+    """Render each user's instruction in a run's instructions.jsonl with a diffusers pipeline (images/)."""
+    from recbole_navigen.generation.render import render_instructions
+
+    parser = argparse.ArgumentParser(prog="run_recbole_navigen.py render", description=render.__doc__)
+    parser.add_argument("--run", required=True, help="results/<dataset>/<run> holding instructions.jsonl, or the file")
+    parser.add_argument("--pipeline", required=True, help="a diffusers pipeline: a local folder or a hub name")
+    parser.add_argument("--users", type=int, help="render the first N users with an instruction (default all)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--size", type=int, default=512, help="height and width in pixels (default 512)")
+    parser.add_argument("--seed_from", default="user",
+                        help="user (a hash of the user id; default), user_chars (the release's sum of its "
+                             "characters) or an integer for every user")
+    args = parser.parse_args(argv)
+    try:
+        summary = render_instructions(args.run, args.pipeline, args.users, args.steps, args.size, args.seed_from)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise SystemExit(f"render: {error}") from error
+    print(f"Rendered to {summary.folder}: {summary.describe()}")
+
+
+def report(argv: list[str]) -> None:
+    """Write report.html for a sweep folder or a main job's run folder (saved/<run> or results/<dataset>/<run>)."""
+    from recbole_navigen.evaluation.report import write_report
+
+    parser = argparse.ArgumentParser(prog="run_recbole_navigen.py report", description=report.__doc__)
+    parser.add_argument("--run", required=True, type=Path,
+                        help="a sweep folder, saved/<run> or results/<dataset>/<run>")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.run)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"report: {error}") from error
+    print(f"Report written to {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"identifiers": identifiers, "generate": generate, "supervise": supervise}
+    commands = {"identifiers": identifiers, "generate": generate, "supervise": supervise, "render": render,
+                "report": report, "evaluate-instructions": evaluate_instructions}
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return
@@ -110,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         spec.seeds = args.seeds
     if len(spec.runs()) == 1 and not (declared or args.models or args.run_id):
         model, seed = spec.runs()[0]
-        run_stages(model, args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
+        run_stages(spec.model_class(model), args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
         return
     run_dir = run_sweep(spec, args.dataset, args.config_files, cmd_args, args.output_dir, args.run_id)
     print((run_dir / "summary.md").read_text())

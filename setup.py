@@ -11,6 +11,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["recbole_navigen", "recbole_navigen.*"]),
+    package_data={"recbole_navigen.evaluation": ["templates/*.j2"]},
     py_modules=["run_recbole_navigen"],
     python_requires=">=3.10",
     install_requires=[
@@ -24,7 +25,9 @@ setup(
         "pandas<3",  # pandas 3 breaks RecBole's token_seq loading and its fillna(inplace=True)
         "tqdm",
         "openai>=1.40",
-        "matplotlib",  # the RL stage's reward curves
+        "matplotlib",  # the RL stage's reward curves, the report's metric plots
+        "jinja2>=3",  # the HTML run report
+        "diffusers>=0.42",  # render: instructions to images (the `dtype=` argument of from_pretrained)
     ],
     extras_require={
         "test": ["pytest"],

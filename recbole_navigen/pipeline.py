@@ -2,11 +2,11 @@
 instruction samples, then a stage summary. Every step's output is cached, so a rerun with the same
 configuration resumes at the first unfinished step.
 
-Layout, under `checkpoint_dir` (default `saved/`): `<Model>-<dataset>-<key>/stage<N>/` holds a stage's
+Layout, under `checkpoint_dir` (default `saved/`): `<Model>-<dataset>-<key>/stage<N>/` (`rl/`) holds a stage's
 RecBole checkpoint and its `result.json` (written once the stage has been evaluated, which marks it done);
 `<key>` hashes the whole configuration, so any change of setting starts a fresh run folder. A stage killed
 half-way has no `result.json` and trains again from its start. Instruction samples go to
-`<results_dir>/<dataset>/<Model>-<dataset>-<key>/instructions.jsonl`.
+`<results_dir>/<dataset>/<Model>-<dataset>-<key>/instructions.jsonl`, and the HTML report beside them.
 """
 
 from __future__ import annotations
@@ -105,6 +105,9 @@ def run_stages(
     summary = _summary_table(name, reports)
     write_text_atomic(run_dir / "summary.md", summary)
     getLogger().info(set_color("stage summary", "blue") + f" ({run_dir / 'summary.md'}):\n{summary}")
+    from recbole_navigen.evaluation.report import write_report
+
+    getLogger().info(f"report: {write_report(run_dir)}")
     return final
 
 

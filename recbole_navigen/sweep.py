@@ -107,6 +107,9 @@ def run_sweep(
         results.append(json.loads(result.to_json()))
         write_summary(run_dir, results)
     write_summary(run_dir, results)
+    from recbole_navigen.evaluation.report import write_report
+
+    logger.info("sweep report: %s", write_report(run_dir))
     return run_dir
 
 

@@ -91,7 +91,7 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 def test_profile_sits_between_dataset_config_and_user_settings(tiny_name, tiny_config):
     config = Config("SASRec", "ml-100k", cmd_args=["--profile=cpu-small"])
-    assert config["epochs"] == 2 and config["eval_user_sample"] == 100  # over ml-100k.yaml's epochs: 20
+    assert config["epochs"] == 6 and config["eval_user_sample"] == 100  # over ml-100k.yaml's epochs: 20
     config = Config("SASRec", "ml-100k", cmd_args=["--profile=cpu-small", "--epochs=7"])
     assert config["epochs"] == 7
     with pytest.raises(FileNotFoundError, match="unknown profile 'fast'.*cpu-small"):

@@ -124,3 +124,31 @@ def test_media_judge_sends_the_image_and_validates_scores(fake_server, tmp_path)
     sent = [r["body"]["messages"][1]["content"] for r in fake_server.requests]
     assert any(isinstance(c, list) and c[1]["image_url"]["url"].startswith("data:image/png;base64,") for c in sent)
     assert parse_judgement('{"novelty":1.2,"aesthetics":0,"personalization":0}', False) is None
+
+
+def test_evaluate_instructions_command_writes_the_table(tiny_name, tiny_item_config, tiny_text_encoder, tmp_path,
+                                                       capsys):
+    import json
+
+    import yaml
+
+    import run_recbole_navigen
+
+    rows = [_row(f"u{i}", "Cinematic close-up of bronze strings, warm light." if i % 2 else None,
+                 ["bronze"] if i % 2 else None, "ok" if i % 2 else "failed") for i in range(6)]
+    generated = tmp_path / "navigen.jsonl"
+    generated.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = {**tiny_item_config, "text_encoder": tiny_text_encoder, "identifiers_dir": str(tmp_path / "ids"),
+                "pretrained_cache_dir": str(tmp_path / "models"), "cid_codebook_size": 8, "kmeans_niter": 5}
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text(yaml.safe_dump(settings))
+    output = tmp_path / "table.md"
+    run_recbole_navigen.main(["evaluate-instructions", f"--dataset={tiny_name}", f"--config_files={config_file}",
+                              "--inputs", f"navigen={generated},{generated}", "--references=history_keywords,teacher",
+                              f"--output={output}"])
+    table = output.read_text()
+    assert "| navigen | 2 | 6 |" in table and "| history_keywords | 1 | 6 |" in table
+    assert "| teacher:heuristic | 1 | 6 |" in table and "(p " in table
+    assert f"Table written to {output}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="WRITER=FILE"):
+        run_recbole_navigen.main(["evaluate-instructions", f"--dataset={tiny_name}", "--inputs", str(generated)])

@@ -37,7 +37,8 @@ class SentenceEncoder:
         folder = resolve_pretrained(encoder, cache_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()
-        self.max_length = max_length
+        # Never past the model's own positions, whatever `text_encoder_max_length` asks.
+        self.max_length = min(max_length, getattr(self.model.config, "max_position_embeddings", max_length))
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
