@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in _names(text)], help="one or more seeds")
     parser.add_argument("--output_dir", default="results", help="where sweeps write (default results/)")
     parser.add_argument("--run_id", help="sweep folder name; an existing one resumes (default: the time)")
+    parser.add_argument("--parallel", type=int, default=1, help="sweep jobs at once, each in its own process")
     args, unknown = parser.parse_known_args(argv)
     malformed = [arg for arg in unknown if not re.fullmatch(r"--[^=]+=.*", arg)]
     if malformed:
@@ -111,6 +112,8 @@ def evaluate_instructions(argv: list[str]) -> None:
     extra.add_argument("--references", type=_names, default=[], help=f"reference writers: {', '.join(REFERENCES)}")
     extra.add_argument("--reference", help="the writer every other is tested against (default: the first input)")
     extra.add_argument("--output", help="the markdown table (default results/<dataset>/instructions-<first>.md)")
+    extra.add_argument("--judge", action="store_true",
+                       help="also score with the media judge (the teacher_* model; images from a render)")
     own, rest = extra.parse_known_args(argv)
     malformed = [item for item in own.inputs if "=" not in item]
     if malformed:
@@ -120,7 +123,7 @@ def evaluate_instructions(argv: list[str]) -> None:
     config = Config(args.model or "NaviGen", args.dataset, args.config_files, None, cmd_args)
     first = next(iter(inputs))
     output = own.output or f"{args.output_dir}/{args.dataset}/instructions-{first}.md"
-    path = evaluate(config, inputs, own.references, own.reference or first, output)
+    path = evaluate(config, inputs, own.references, own.reference or first, output, own.judge)
     print(path.read_text())
     print(f"Table written to {path}")
 
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         model, seed = spec.runs()[0]
         run_stages(spec.model_class(model), args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
         return
-    run_dir = run_sweep(spec, args.dataset, args.config_files, cmd_args, args.output_dir, args.run_id)
+    run_dir = run_sweep(spec, args.dataset, args.config_files, cmd_args, args.output_dir, args.run_id, args.parallel)
     print((run_dir / "summary.md").read_text())
     print(f"Sweep written to {run_dir}")
 

@@ -54,3 +54,18 @@ def read_jsonl_log(path: str | os.PathLike, key: str, what: str = "record") -> d
             raise ValueError(f"{path}:{number} is not a {what} ({error}); only the last line may be torn: "
                              "delete the file to start over") from None
     return rows
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> list[dict]:
+    """Every JSON line of `path` (blank lines skipped); a missing file or a bad line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+    return rows

@@ -11,6 +11,7 @@ A sweep is declared on the command line (`--models`, `--seeds`) or in a YAML fil
 
 Each finished run is written at once as `<model>-seed<seed>.json` in the run folder, so re-running
 with the same `--run_id` skips what is done; `summary.csv` and `summary.md` follow every run.
+`--parallel=N` runs N jobs at once in processes of their own (see `run_sweep`).
 """
 
 from __future__ import annotations
@@ -85,32 +86,85 @@ def run_sweep(
     cmd_args: list[str] | None = None,
     output_dir: str | os.PathLike = "results",
     run_id: str | None = None,
+    parallel: int = 1,
 ) -> Path:
-    """Run every (model, seed) of `spec` on `dataset`; return the run folder with the summary."""
+    """Run every (model, seed) of `spec` on `dataset`; return the run folder with the summary.
+
+    `parallel` > 1 runs that many jobs at once, each in its own process (spawned, so CUDA and RecBole's
+    global state start clean) pinned to its share of the CPU cores and, when there are GPUs, to one GPU
+    (job slot modulo the GPU count). Jobs write their records as they finish; the summary reads them all.
+    """
     run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(output_dir) / dataset / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
-    runs = spec.runs()
-    for index, (model, seed) in enumerate(runs):
+    jobs = []
+    for model, seed in spec.runs():
         record = run_dir / (f"{model}.json" if seed is None else f"{model}-seed{seed}.json")
         if record.is_file():
             logger.info("sweep: %s already done in %s, skipped", record.stem, record)
-            results.append(json.loads(record.read_text()))
-            continue
-        logger.info("sweep: run %d/%d, %s", index + 1, len(runs), record.stem)
-        config_dict = spec.config_dict(model, seed)
-        result = run_stages(spec.model_class(model), dataset, config_file_list, config_dict, cmd_args,
-                            init_logging=index == 0)
-        result.model = model  # a variant's name, so the table tells variants of one model apart
-        write_text_atomic(record, result.to_json())
-        results.append(json.loads(result.to_json()))
-        write_summary(run_dir, results)
-    write_summary(run_dir, results)
+        else:
+            jobs.append((model, spec.model_class(model), spec.config_dict(model, seed), record))
+    if parallel > 1 and len(jobs) > 1:
+        _run_parallel(jobs, dataset, config_file_list, cmd_args, parallel, run_dir)
+    else:
+        for index, job in enumerate(jobs):
+            logger.info("sweep: run %d/%d, %s", index + 1, len(jobs), job[3].stem)
+            _run_job(*job, dataset, config_file_list, cmd_args, init_logging=index == 0)
+            write_summary(run_dir, _records(spec, run_dir))
+    write_summary(run_dir, _records(spec, run_dir))
     from recbole_navigen.evaluation.report import write_report
 
     logger.info("sweep report: %s", write_report(run_dir))
     return run_dir
+
+
+def _records(spec: SweepSpec, run_dir: Path) -> list[dict]:
+    """The finished runs' records, in the spec's order."""
+    files = [run_dir / (f"{model}.json" if seed is None else f"{model}-seed{seed}.json") for model, seed in spec.runs()]
+    return [json.loads(file.read_text()) for file in files if file.is_file()]
+
+
+def _run_job(name: str, model: str, config_dict: dict, record: Path, dataset: str, config_file_list, cmd_args,
+             init_logging: bool = True) -> None:
+    """Train and evaluate one run; its record is written once it finished."""
+    result = run_stages(model, dataset, config_file_list, config_dict, cmd_args, init_logging=init_logging)
+    result.model = name  # a variant's name, so the table tells variants of one model apart
+    write_text_atomic(record, result.to_json())
+
+
+def _pin(slots, parallel: int) -> None:
+    """Process initializer: take a job slot; keep this process to the slot's share of cores (and GPU)."""
+    import torch
+
+    slot = slots.get()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    share = max(1, len(cores) // parallel)
+    mine = cores[slot * share:(slot + 1) * share] or cores[-share:]
+    if mine:
+        os.sched_setaffinity(0, mine)
+        torch.set_num_threads(len(mine))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(slot % torch.cuda.device_count())
+
+
+def _run_parallel(jobs: list, dataset: str, config_file_list, cmd_args, parallel: int, run_dir: Path) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    workers = min(parallel, len(jobs))
+    slots = context.Manager().Queue()
+    for slot in range(workers):
+        slots.put(slot)
+    failures = []
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(slots, workers)) as pool:
+        futures = {pool.submit(_run_job, *job, dataset, config_file_list, cmd_args): job[3].stem for job in jobs}
+        for done, future in enumerate(as_completed(futures), start=1):
+            if future.exception() is not None:
+                failures.append(f"{futures[future]}: {future.exception()!r}")
+            logger.info("sweep: %s ended (%d of %d)", futures[future], done, len(jobs))
+    if failures:
+        raise RuntimeError(f"sweep jobs failed: {'; '.join(failures)} (finished ones are kept in {run_dir})")
 
 
 def summarise(results: list[dict]) -> list[dict]:

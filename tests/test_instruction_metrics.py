@@ -127,7 +127,7 @@ def test_media_judge_sends_the_image_and_validates_scores(fake_server, tmp_path)
 
 
 def test_evaluate_instructions_command_writes_the_table(tiny_name, tiny_item_config, tiny_text_encoder, tmp_path,
-                                                       capsys):
+                                                       capsys, fake_server):
     import json
 
     import yaml
@@ -138,15 +138,24 @@ def test_evaluate_instructions_command_writes_the_table(tiny_name, tiny_item_con
                  ["bronze"] if i % 2 else None, "ok" if i % 2 else "failed") for i in range(6)]
     generated = tmp_path / "navigen.jsonl"
     generated.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "u1.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "images" / "index.json").write_text(json.dumps({"u1": {"image": "u1.png"}}))
+    fake_server.responder = lambda body: (
+        '{"novelty":0.5,"aesthetics":0.5,"instruction_following":1.0,"personalization":0.5}'
+        if isinstance(body["messages"][1]["content"], list) else '{"novelty":0.2,"aesthetics":0.4,"personalization":0.6}')
     settings = {**tiny_item_config, "text_encoder": tiny_text_encoder, "identifiers_dir": str(tmp_path / "ids"),
-                "pretrained_cache_dir": str(tmp_path / "models"), "cid_codebook_size": 8, "kmeans_niter": 5}
+                "pretrained_cache_dir": str(tmp_path / "models"), "cid_codebook_size": 8, "kmeans_niter": 5,
+                "teacher_base_url": fake_server.base_url, "teacher_api_key_env": None,
+                "teacher_cache_dir": str(tmp_path / "cache")}
     config_file = tmp_path / "settings.yaml"
     config_file.write_text(yaml.safe_dump(settings))
     output = tmp_path / "table.md"
     run_recbole_navigen.main(["evaluate-instructions", f"--dataset={tiny_name}", f"--config_files={config_file}",
                               "--inputs", f"navigen={generated},{generated}", "--references=history_keywords,teacher",
-                              f"--output={output}"])
+                              f"--output={output}", "--judge"])
     table = output.read_text()
+    assert "| navigen | 3 | 0 | 1 | 0.300 | 0.433 | 1.000 | 0.567 |" in table  # 3 written, u1 with its image
     assert "| navigen | 2 | 6 |" in table and "| history_keywords | 1 | 6 |" in table
     assert "| teacher:heuristic | 1 | 6 |" in table and "(p " in table
     assert f"Table written to {output}" in capsys.readouterr().out

@@ -103,6 +103,16 @@ def test_variants_of_one_model_are_rows_of_their_own(tmp_path, tiny_name, tiny_f
         SweepSpec.from_config({"sweep": {"models": ["A"], "variants": {"A": {"hidden_size": 8}}}})
 
 
+def test_parallel_jobs_give_the_same_table_as_one_after_another(tiny_name, tiny_file):
+    base = ("--models=SASRec,GRU4Rec", f"--dataset={tiny_name}", f"--config_files={tiny_file}")
+    _run(*base, "--run_id=serial")
+    _run(*base, "--run_id=parallel", "--parallel=2")
+    serial, parallel = (_read_csv(Path("results", tiny_name, run, "summary.csv")) for run in ("serial", "parallel"))
+    assert [row["model"] for row in parallel] == ["SASRec", "GRU4Rec"]
+    for one, other in zip(serial, parallel):  # same seed, same data: the same numbers in another process
+        assert float(one["ndcg@10"]) == pytest.approx(float(other["ndcg@10"]), abs=1e-4)
+
+
 def test_bad_sweep_section_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="bad.yaml"):
         SweepSpec.from_config({"sweep": {"model": ["SASRec"]}}, str(tmp_path / "bad.yaml"))

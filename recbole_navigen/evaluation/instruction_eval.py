@@ -34,10 +34,38 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+def judge_table(config, runs: dict[str, list[list[dict]]], inputs: dict[str, list[str]]) -> str:
+    """Mean media-judge scores per writer (its first run), with the images a render left beside its file."""
+    from statistics import mean
+
+    from recbole_navigen.evaluation.media_judge import IMAGE_SCORES, judge_media
+    from recbole_navigen.generation.render import IMAGES_DIR, read_index
+    from recbole_navigen.teacher.client import TeacherClient
+
+    client = TeacherClient.from_config(config)
+    lines = ["| writer | judged | failed | images | " + " | ".join(IMAGE_SCORES) + " |",
+             "|---|---|---|---|" + "---|" * len(IMAGE_SCORES)]
+    for writer, writer_runs in runs.items():
+        folder = Path(inputs[writer][0]).parent / IMAGES_DIR if writer in inputs else None
+        index = read_index(folder) if folder else {}
+        images = {user: folder / entry["image"] for user, entry in index.items()}
+        rows = writer_runs[0]
+        scores = judge_media(client, rows, images)
+        asked = [score for row, score in zip(rows, scores) if row.get("instruction")]
+        judged = [score for score in asked if score is not None]
+        cells = [f"{mean(s[name] for s in judged if s[name] is not None):.3f}"
+                 if any(s[name] is not None for s in judged) else "n/a" for name in IMAGE_SCORES]
+        lines.append(f"| {writer} | {len(judged)} | {len(asked) - len(judged)} | {len(images)} | "
+                     + " | ".join(cells) + " |")
+    return (f"\n## Media judge (`{client.model}` through the teacher client)\n\n" + "\n".join(lines)
+            + "\n\nScores in [0, 1]; instruction_following needs an image (n/a without one).\n")
+
+
 def evaluate_instructions(config, inputs: dict[str, list[str]], references: list[str], reference: str,
-                          output: str | Path) -> Path:
+                          output: str | Path, judge: bool = False) -> Path:
     """Compare the writers of `inputs` (and `references`) under `config` (dataset, text encoder, supervision
-    teacher); write the markdown table to `output` and return its path."""
+    teacher); write the markdown table to `output` (with the media judge's table when `judge`) and return
+    its path."""
     from recbole.data import create_dataset
 
     from recbole_navigen.identifiers.build import build_identifiers
@@ -68,5 +96,5 @@ def evaluate_instructions(config, inputs: dict[str, list[str]], references: list
               + (f"; references: {', '.join(references)}" if references else "") + ".\n\n")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, header + markdown_table(results, reference))
+    write_text_atomic(output, header + markdown_table(results, reference) + (judge_table(config, runs, inputs) if judge else ""))
     return output

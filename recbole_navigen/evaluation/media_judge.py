@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mimetypes
 from pathlib import Path
 
 from recbole_navigen.teacher.jsonparse import extract_json
@@ -36,8 +37,9 @@ def judge_messages(instruction: str, history_titles: list[str], image: Path | No
     content: str | list[dict] = text
     if image:
         encoded = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+        mime = mimetypes.guess_type(str(image))[0] or "image/png"  # a video's frames come as a GIF
         content = [{"type": "text", "text": text},
-                   {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}}]
+                   {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{encoded}"}}]
     return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recbole_navigen.evaluation.instruction_eval import read_rows
-from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.fileio import read_jsonl, write_text_atomic
 
 INSTRUCTIONS_NAME, IMAGES_DIR, INDEX_NAME = "instructions.jsonl", "images", "index.json"
 MEDIA_SUFFIXES = (".png", ".gif")  # a still image; a video's frames
@@ -99,7 +98,7 @@ def render_instructions(run: str | Path, pipeline: str, users: int | None = None
     """Render the instruction of each of the first `users` users that have one (all when None) at
     `size` x `size` in `steps` denoising steps; users whose picture exists are skipped."""
     path = instructions_path(run)
-    rows = read_rows(path)
+    rows = read_jsonl(path)
     wanted = [row for row in rows if row.get("instruction")][:users]
     if not wanted:
         statuses = dict(Counter(row.get("parse_status") for row in rows))
