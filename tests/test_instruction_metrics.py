@@ -161,3 +161,10 @@ def test_evaluate_instructions_command_writes_the_table(tiny_name, tiny_item_con
     assert f"Table written to {output}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="WRITER=FILE"):
         run_recbole_navigen.main(["evaluate-instructions", f"--dataset={tiny_name}", "--inputs", str(generated)])
+
+
+def test_item_titles_lose_their_field_label():
+    from recbole_navigen.generation.instructions import item_title
+
+    assert item_title("movie_title: Mission: Impossible; class: Action") == "Mission: Impossible"
+    assert item_title("B000123") == "B000123"  # an item without text: its raw id

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -238,8 +237,7 @@ def _card(row: dict, titles: dict[str, str], image: dict | None, run_dir: Path) 
 def _title(entry: dict) -> str:
     """An item's title without its field label (item texts are `field: value; ...`: `movie_title: Heat` ->
     `Heat`); the first format of the file had no title, only the text."""
-    title = entry.get("title") or item_title(entry.get("text") or "") or str(entry["item"])
-    return re.sub(r"^\w+: ", "", title)
+    return item_title(entry.get("title") or entry.get("text") or "") or str(entry["item"])
 
 
 def _environment() -> Environment:

@@ -119,5 +119,7 @@ def _instruction_fields(reply) -> dict:
 
 
 def item_title(text: str) -> str:
-    """An item's title: the first field of its text (`item_text_fields` start with the title)."""
-    return text.split("; ", 1)[0]
+    """An item's title: the value of the first field of its text (`movie_title: Heat; class: Action` ->
+    `Heat`; `item_text_fields` start with the title). An item without text has its raw id as text."""
+    first = text.split("; ", 1)[0]
+    return first.split(": ", 1)[1] if ": " in first else first
