@@ -3,6 +3,7 @@
     python run_recbole_navigen.py --model=SASRec --dataset=ml-100k
     python run_recbole_navigen.py --models=SASRec,GRU4Rec --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py --dataset=amazon --config_files=dataset_configs/sweeps/amazon.yaml
+    python run_recbole_navigen.py --model=SASRec --dataset=ml-100k --nproc=2        # 2 processes (gloo on CPUs)
     python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py supervise --dataset=amazon --teacher=heuristic --max_users=500
     python run_recbole_navigen.py generate --checkpoint=saved/NaviGen-ml-100k-KEY/stage2/X.pth --users=20
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--output_dir", default="results", help="where sweeps write (default results/)")
     parser.add_argument("--run_id", help="sweep folder name; an existing one resumes (default: the time)")
     parser.add_argument("--parallel", type=int, default=1, help="sweep jobs at once, each in its own process")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="train one run in N processes of one group (RecBole's distributed path; gloo on CPUs)")
     args, unknown = parser.parse_known_args(argv)
     malformed = [arg for arg in unknown if not re.fullmatch(r"--[^=]+=.*", arg)]
     if malformed:
@@ -180,6 +183,14 @@ def main(argv: list[str] | None = None) -> None:
         spec.seeds = args.seeds
     if len(spec.runs()) == 1 and not (declared or args.models or args.run_id):
         model, seed = spec.runs()[0]
+        if args.nproc > 1:  # one training run across processes; a staged main job runs its stages one by one
+            from recbole_navigen.distributed import run_distributed
+            from recbole_navigen.quick_start import run_model
+
+            result = run_distributed(run_model, spec.model_class(model), args.dataset, args.config_files,
+                                     spec.config_dict(model, seed), cmd_args, args.nproc)
+            print(f"test: {result.test}")
+            return
         run_stages(spec.model_class(model), args.dataset, args.config_files, spec.config_dict(model, seed), cmd_args)
         return
     run_dir = run_sweep(spec, args.dataset, args.config_files, cmd_args, args.output_dir, args.run_id, args.parallel)

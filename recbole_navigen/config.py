@@ -84,6 +84,18 @@ class Config(RecBoleConfig):
                     known = self.parameters["Dataset"]
                     known += [key for key in loaded if key not in known]
 
+    def _init_device(self) -> None:
+        """RecBole's, except that a distributed run joins its process group with `dist_backend` (gloo on
+        CPUs) instead of NCCL only (`recbole_navigen.distributed`)."""
+        if "local_rank" not in self.final_config_dict:
+            return super()._init_device()
+        from recbole_navigen.distributed import init_process
+
+        gpu_id = self.final_config_dict["gpu_id"]
+        self.final_config_dict["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.final_config_dict["gpu_id"]
+        init_process(self.final_config_dict)
+
     def _set_default_parameters(self) -> None:
         self._resolve_dataset()
         super()._set_default_parameters()

@@ -84,7 +84,8 @@ def run_stages(
     results: list[RunResult] = []
     for stage in config["stages"]:
         stage_dir = run_dir / (f"stage{stage}" if isinstance(stage, int) else str(stage))
-        overrides = (config["stage_settings"] or {}).get(stage, {})
+        per_stage = config["stage_settings"] or {}
+        overrides = per_stage.get(stage, per_stage.get(str(stage), {}))  # `1:` in YAML, "1" from a command line
         settings = {**config_dict, **overrides, "stage": stage, "checkpoint_dir": str(stage_dir)}
         if results:
             settings["init_from"] = results[-1].checkpoint

@@ -14,7 +14,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_navigen.config import Config
 from recbole_navigen.evaluation.sampling import apply_eval_user_sample
-from recbole_navigen.utils import get_trainer
+from recbole_navigen.utils import make_trainer
 
 
 @dataclass
@@ -76,7 +76,7 @@ def run_model(
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = config.model_class(config, train_data._dataset).to(config["device"])
     logger.info(recommender)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    trainer = make_trainer(config, recommender)
 
     start = perf_counter()
     best_valid_score, best_valid = trainer.fit(

@@ -62,3 +62,14 @@ def get_trainer(model_type, model_name: str):
     trainers = importlib.import_module("recbole_navigen.trainer")
     own = getattr(trainers, f"{model_name}Trainer", None)
     return own if own is not None else recbole_get_trainer(model_type, model_name)
+
+
+def make_trainer(config, model):
+    """The trainer `get_trainer` names for `config`'s model, made for a distributed run when RecBole's
+    distributed keys are set (`recbole_navigen.distributed`)."""
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])
+    if not config["single_spec"]:
+        from recbole_navigen.distributed import distributed_trainer
+
+        trainer = distributed_trainer(trainer)
+    return trainer(config, model)
