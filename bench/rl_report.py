@@ -45,10 +45,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--window", type=int, default=10, help="steps averaged at each end of the RL log")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--command", default="", help="the command that produced the run, for the header")
+    parser.add_argument("--sft", type=Path, help="the SFT stage folder, when the run holds only the rl stage")
     args = parser.parse_args(argv)
     stages = stage_results(args.run)
+    if args.sft:
+        stages.insert(0, (args.sft.name, json.loads((args.sft / "result.json").read_text())))
     if not stages or stages[-1][0] != "rl" or len(stages) < 2:
-        raise SystemExit(f"{args.run}: needs a finished stage before rl and the rl stage")
+        raise SystemExit(f"{args.run}: needs a finished stage before rl (or --sft) and the rl stage")
     (before_name, before), (_, after) = stages[-2], stages[-1]
     log = args.run / "rl" / "rl_log.csv"
     lines = [
