@@ -8,30 +8,19 @@ gives every measure of `evaluation.instructions` per writer with the paired test
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from recbole_navigen.evaluation.compare import compare_writers, markdown_table
 from recbole_navigen.evaluation.instructions import MEASURES, term_shares
 from recbole_navigen.evaluation.references import history_keyword_rows, teacher_rows
-from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.fileio import read_jsonl, write_text_atomic
 
 REFERENCES = ("history_keywords", "teacher")
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The lines of a `generate` JSONL file; a line that is not JSON is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no generate file at {path}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
-    return rows
+    """The lines of a `generate` JSONL file."""
+    return read_jsonl(path, "generate file")
 
 
 def judge_table(config, runs: dict[str, list[list[dict]]], inputs: dict[str, list[str]]) -> str:
