@@ -113,6 +113,13 @@ def distributed_trainer(base: type) -> type:
     return DistributedTrainer
 
 
+def make_shared_folders(config) -> None:
+    """Create the folders every rank writes into (RecBole's log folder, the checkpoints) before the ranks
+    do: RecBole checks and creates them without `exist_ok`, so two ranks at once race."""
+    for folder in ("log", os.path.join("log", str(config["model"])), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
+
+
 def free_port() -> int:
     """A free TCP port on this machine for the process group's rendezvous."""
     import socket

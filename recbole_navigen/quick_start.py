@@ -63,6 +63,10 @@ def run_model(
     """Train `model` on `dataset`, pick the best epoch on validation, evaluate it on test."""
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
+    if not config["single_spec"]:
+        from recbole_navigen.distributed import make_shared_folders
+
+        make_shared_folders(config)
     if init_logging:
         init_logger(config)
     logger = getLogger()
