@@ -100,6 +100,8 @@ def distributed_trainer(base: type) -> type:
         def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
             if not eval_data:
                 return None
+            if load_best_model:
+                dist.barrier()  # rank 0 writes the best checkpoint: every rank reloads it only once it is whole
             evaluator = self.evaluator
             self.evaluator = _GatheringEvaluator(evaluator, eval_data.sample_size)
             self.config["single_spec"] = True  # metrics are exact already: no averaging across ranks
