@@ -11,6 +11,7 @@ measures cost, not quality. Writes `bench/results/throughput.md`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from time import perf_counter
@@ -71,9 +72,11 @@ def main(argv: list[str]) -> None:
             for name in args.models.split(",")]
     table = "\n".join([
         f"# Throughput on `{args.dataset}`", "",
-        f"Machine: {machine()}. Command: `python -m bench.throughput {' '.join(argv)}`.", "",
+        f"Machine: {machine()}. Command: `python -m bench.throughput {' '.join(argv)}`"
+        + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})." if "OMP_NUM_THREADS" in os.environ else "."), "",
         "Each model with its own defaults (`properties/<Model>.yaml`); untrained weights; one process, "
-        "models one after another.", "",
+        "models one after another. NaviGen's backbone is `llm_path` (default `tiny`: a random 4-layer, "
+        "128-wide Llama, with LoRA); its chats are padded per task.", "",
         "| model | parameters | batch | training examples/s | training tokens/s | evaluated users/s |",
         "|---|---|---|---|---|---|",
         *rows, "",
