@@ -1,8 +1,9 @@
-"""Atomic file writing (a reader never sees half a file, a killed job never leaves one) and the
-append-only JSONL logs that resumable jobs read back."""
+"""Atomic file writing (a reader never sees half a file, a killed job never leaves one), the append-only
+JSONL logs that resumable jobs read back, and the settings hashes that name cache folders."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -69,3 +70,18 @@ def read_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> list[dict]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
     return rows
+
+
+def settings_hash(settings, length: int = 12) -> str:
+    """A short, stable hash of `settings` (JSON-like; other values by their str) naming a cache folder.
+    Mapping keys count as strings, so YAML's `1:` beside `rl:` hashes as JSON would write it."""
+    text = json.dumps(_string_keys(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _string_keys(value):
+    if isinstance(value, dict):
+        return {str(key): _string_keys(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(item) for item in value]
+    return value

@@ -11,7 +11,6 @@ half-way has no `result.json` and trains again from its start. Instruction sampl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from logging import getLogger
@@ -20,7 +19,7 @@ from pathlib import Path
 from recbole.utils import init_logger, set_color
 
 from recbole_navigen.config import Config
-from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.fileio import settings_hash, write_text_atomic
 from recbole_navigen.quick_start import RunResult, run_model
 
 # Settings that change where or how visibly a run happens, not what it computes.
@@ -40,17 +39,8 @@ class StepReport:
 
 def run_key(config: Config) -> str:
     """A short hash of every setting that decides what the run computes."""
-    settings = {key: value for key, value in config.final_config_dict.items() if key not in _NOT_IN_KEY}
-    return hashlib.sha256(json.dumps(_string_keys(settings), sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _string_keys(value):
-    """`value` with every mapping key a string (YAML allows `1:` beside `rl:`, which JSON cannot sort)."""
-    if isinstance(value, dict):
-        return {str(key): _string_keys(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_string_keys(item) for item in value]
-    return value
+    return settings_hash({key: value for key, value in config.final_config_dict.items() if key not in _NOT_IN_KEY},
+                         length=10)
 
 
 def run_stages(

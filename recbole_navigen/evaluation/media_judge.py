@@ -13,7 +13,7 @@ import json
 import mimetypes
 from pathlib import Path
 
-from recbole_navigen.teacher.jsonparse import extract_json
+from recbole_navigen.teacher.jsonparse import unit_scores
 
 IMAGE_SCORES = ("novelty", "aesthetics", "instruction_following", "personalization")
 TEXT_SCORES = ("novelty", "aesthetics", "personalization")
@@ -45,18 +45,9 @@ def judge_messages(instruction: str, history_titles: list[str], image: Path | No
 
 def parse_judgement(text: str, with_image: bool) -> dict[str, float | None] | None:
     """The scores of a judge's answer, or None when they are not exactly the expected numbers in [0, 1]."""
-    names = IMAGE_SCORES if with_image else TEXT_SCORES
-    try:
-        value = extract_json(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or set(value) != set(names):
-        return None
-    if not all(isinstance(value[n], (int, float)) and not isinstance(value[n], bool) and 0 <= value[n] <= 1
-               for n in names):
-        return None
-    scores: dict[str, float | None] = {name: float(value[name]) for name in names}
-    scores.setdefault("instruction_following", None)
+    scores: dict[str, float | None] | None = unit_scores(text, IMAGE_SCORES if with_image else TEXT_SCORES)
+    if scores is not None:
+        scores.setdefault("instruction_following", None)
     return scores
 
 

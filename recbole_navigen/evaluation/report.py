@@ -22,8 +22,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from recbole_navigen.evaluation.instruction_eval import read_rows
-from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.fileio import read_jsonl, write_text_atomic
 from recbole_navigen.generation.instructions import item_title
 from recbole_navigen.generation.render import IMAGES_DIR, INSTRUCTIONS_NAME, read_index
 from recbole_navigen.pipeline import RESULT_FILE
@@ -207,7 +206,7 @@ def gallery(run_dir: Path) -> list[dict]:
     path = run_dir / INSTRUCTIONS_NAME
     if not path.is_file():
         return []
-    rows = read_rows(path)
+    rows = read_jsonl(path, "instructions file")
     titles = {entry["item"]: _title(entry) for row in rows for entry in [*row.get("history", []), row["target"]]}
     index = read_index(run_dir / IMAGES_DIR)
     return [_card(row, titles, index.get(row["user"]), run_dir) for row in rows]

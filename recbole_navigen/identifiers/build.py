@@ -10,7 +10,6 @@ Everything is cached under `identifiers_dir/<dataset>/`, keyed by a hash of what
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.fileio import settings_hash, write_text_atomic
 from recbole_navigen.identifiers.item_text import ItemTexts, build_item_texts
 from recbole_navigen.identifiers.item_tokenizer import FILE_NAME, ItemTokenizer
 
@@ -63,13 +62,9 @@ def _choice(config, key: str, table: dict) -> tuple[str, ...]:
     return table[config[key]]
 
 
-def _hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def identifier_settings(config, items: ItemTexts) -> dict[str, dict]:
     """The settings each cached stage depends on, data fingerprint included."""
-    data = _hash({"ids": items.item_ids, "texts": items.texts})
+    data = settings_hash({"ids": items.item_ids, "texts": items.texts})
     source = config["item_embedding"]
     embed_keys = ("item_embedding", *EMBEDDING_KEYS.get(source, ()))
     if source == "fused":
@@ -88,7 +83,7 @@ def load_or_build_embeddings(config, items: ItemTexts, settings: dict, folder: P
     """The item embeddings for `settings`, from the cache or computed and cached (with what they cost)."""
     from recbole_navigen.identifiers.embeddings import item_embeddings
 
-    path = folder / f"embeddings-{_hash(settings)}.safetensors"
+    path = folder / f"embeddings-{settings_hash(settings)}.safetensors"
     if path.is_file():
         with safe_open(path, framework="numpy") as stored:
             stats = {key: json.loads(value) for key, value in (stored.metadata() or {}).items()}
@@ -119,7 +114,7 @@ def build_terms(config, items: ItemTexts, settings: dict, folder: Path) -> tuple
 
         client = TeacherClient.from_config(config)
         by_id = extract_terms_llm(dict(zip(items.item_ids[1:], items.texts[1:])), client,
-                                  folder / f"tid-{_hash(settings)}.jsonl", max_terms)
+                                  folder / f"tid-{settings_hash(settings)}.jsonl", max_terms)
         terms = [[]] + [by_id[item] for item in items.item_ids[1:]]
         extra = {"teacher": client.stats}
     seconds = perf_counter() - start
@@ -134,7 +129,7 @@ def build_identifiers(config, dataset) -> Identifiers:
     items = build_item_texts(dataset, config["item_text_fields"], config["item_text_missing"])
     settings = identifier_settings(config, items)
     root = Path(config["identifiers_dir"]) / config["dataset_name"]
-    folder = root / _hash(settings)
+    folder = root / settings_hash(settings)
     if (folder / FILE_NAME).is_file():
         logger.info("identifiers: reusing %s", folder)
         stats = json.loads((folder / "stats.json").read_text())

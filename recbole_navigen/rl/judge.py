@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from recbole_navigen.rl.rewards import JudgeScores
-from recbole_navigen.teacher.jsonparse import extract_json
+from recbole_navigen.teacher.jsonparse import unit_scores
 
 logger = logging.getLogger(__name__)
 
@@ -125,16 +125,8 @@ class TeacherJudge:
 
 def parse_scores(text: str) -> JudgeScores | None:
     """The seven scores of a judge's answer, or None when it is not exactly them, as numbers in [0, 1]."""
-    try:
-        value = extract_json(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or set(value) != set(_SCORE_NAMES):
-        return None
-    numbers = [value[name] for name in _SCORE_NAMES]
-    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n <= 1 for n in numbers):
-        return None
-    return JudgeScores(*map(float, numbers))
+    scores = unit_scores(text, _SCORE_NAMES)
+    return None if scores is None else JudgeScores(**scores)
 
 
 def make_judge(config) -> Judge:

@@ -11,7 +11,6 @@ their reason) unless `supervision_retry_failed` asks for them again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recbole_navigen.fileio import write_text_atomic
+from recbole_navigen.fileio import settings_hash, write_text_atomic
 from recbole_navigen.supervision.evolution import evolve
 from recbole_navigen.supervision.heuristic import HEURISTIC_LABEL, HEURISTIC_VERSION, HeuristicTeacher
 from recbole_navigen.supervision.prompts import PROMPT_VERSION
@@ -90,11 +89,6 @@ def make_teacher(config) -> Teacher:
     from recbole_navigen.teacher.client import TeacherClient
 
     return LLMTeacher(TeacherClient.from_config(config, backend=kind), config["supervision_max_new_tokens"])
-
-
-def settings_hash(settings: dict[str, Any]) -> str:
-    """The output folder's name: a short hash of the settings."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def supervise_sample(teacher: Teacher, sample: Sample, rounds: int) -> dict[str, Any]:

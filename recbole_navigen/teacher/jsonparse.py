@@ -58,3 +58,18 @@ def balanced_end(text: str, start: int) -> int | None:
             if depth == 0:
                 return index + 1
     return None
+
+
+def unit_scores(text: str, names) -> dict[str, float] | None:
+    """A judge's answer as `{name: score}`: exactly the keys `names`, each a number in [0, 1]; None for any
+    other answer (no JSON, other keys, a score out of range or not a number)."""
+    try:
+        value = extract_json(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != set(names):
+        return None
+    numbers = [value[name] for name in names]
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n <= 1 for n in numbers):
+        return None
+    return {name: float(value[name]) for name in names}
