@@ -1,8 +1,11 @@
 """Does the RL stage learn? Read a finished main-job run folder (stages ... 2, rl) and write a table: the
 test metrics after SFT only (the stage before rl) and after SFT + RL (same split, seed and users), and the
-GRPO reward over the first and last steps of `rl_log.csv`.
+GRPO reward over the first and last steps of `rl_log.csv`. With `--probe_users=N`, both checkpoints are also
+scored on the reward itself: each of the first N test users' mean cid2cid reward over G samples (the same
+users and random stream for both), compared by a paired Wilcoxon test: the log's per-step means move with
+each batch's users, this does not.
 
-    python -m bench.rl_report --run=saved/NaviGen-ml-100k-KEY --output=bench/results/rl_ml100k.md
+    python -m bench.rl_report --run=saved/NaviGen-ml-100k-KEY --output=bench/results/rl_ml100k.md --probe_users=300
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import sys
 from pathlib import Path
 from statistics import mean
 
+import numpy as np
+
 from bench.machine import machine, write_table
+from recbole_navigen.evaluation.compare import paired_p_value
 
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10")
 
@@ -39,6 +45,34 @@ def reward_trend(log: Path, window: int) -> list[tuple[str, float, float]]:
     return trend
 
 
+def probe(checkpoint: str, users: int, samples: int | None, seed: int) -> tuple[np.ndarray, int]:
+    """Per-user mean cid2cid reward of a checkpoint on its first `users` test users, and the samples per user."""
+    from recbole_navigen.generation.instructions import load_trained_navigen
+    from recbole_navigen.rl.objective import rollout_settings
+    from recbole_navigen.rl.probe import probe_cid_rewards
+
+    config, model, test_data = load_trained_navigen(checkpoint)
+    settings = rollout_settings(config)
+    if samples:
+        settings["num_generations"] = samples
+    rewards = probe_cid_rewards(model, test_data, settings, users, seed)
+    return np.asarray(rewards), settings["num_generations"]
+
+
+def probe_lines(before: tuple[str, dict], after: dict, users: int, samples: int | None, seed: int) -> list[str]:
+    """The probe's table: mean reward per checkpoint on the same users, the change and its paired p-value."""
+    (name, result) = before
+    sft, group = probe(result["checkpoint"], users, samples, seed)
+    rl, _ = probe(after["checkpoint"], users, samples, seed)
+    return ["", f"Reward on held-out users: the first {len(sft)} test users, {group} trie-constrained samples each "
+            f"(temperature as in training, generator seed {seed}, identical for both checkpoints); per-user means, "
+            "paired two-sided Wilcoxon signed-rank test.", "",
+            "| checkpoint | mean cid2cid reward | std over users |", "|---|---|---|",
+            f"| SFT only ({name}) | {sft.mean():.4f} | {sft.std():.4f} |",
+            f"| SFT + RL | {rl.mean():.4f} | {rl.std():.4f} |",
+            "", f"Change {rl.mean() - sft.mean():+.4f}, p = {paired_p_value(rl, sft):.3g}."]
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="saved/<Model>-<dataset>-<key>")
@@ -46,6 +80,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--command", default="", help="the command that produced the run, for the header")
     parser.add_argument("--sft", type=Path, help="the SFT stage folder, when the run holds only the rl stage")
+    parser.add_argument("--probe_users", type=int, default=0, help="score both checkpoints' reward on N test users")
+    parser.add_argument("--probe_samples", type=int, help="samples per user (default: the run's rl_num_generations)")
+    parser.add_argument("--probe_seed", type=int, default=0)
     args = parser.parse_args(argv)
     stages = stage_results(args.run)
     if args.sft:
@@ -71,6 +108,8 @@ def main(argv: list[str]) -> None:
               "| column | first steps | last steps | change |", "|---|---|---|---|"]
     for column, first, last in reward_trend(log, args.window):
         lines.append(f"| {column} | {first:.4f} | {last:.4f} | {last - first:+.4f} |")
+    if args.probe_users:
+        lines += probe_lines(stages[-2], after, args.probe_users, args.probe_samples, args.probe_seed)
     table = "\n".join(lines) + "\n"
     write_table(args.output, table)
 

@@ -70,15 +70,15 @@ def rl_model(tiny_name, tiny_item_config, tiny_text_encoder, tmp_path):
                           cmd_args=[])
     settings = {**base, **RL_QUICK, "stage": "rl", "init_from": stage_two.checkpoint}
     config = Config("NaviGen", tiny_name, config_dict=settings, cmd_args=[])
-    train, _, _ = data_preparation(config, create_dataset(config))
+    train, _, test = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
-    return NaviGen(config, train._dataset), train, stage_two
+    return NaviGen(config, train._dataset), train, stage_two, test
 
 
 def test_one_grpo_step_changes_only_the_adapter(rl_model, tmp_path, monkeypatch):
     import recbole_navigen.rl.rollout as rollout
 
-    model, train, stage_two = rl_model
+    model, train, stage_two, _ = rl_model
     # The random backbone earns every sample the same reward (no advantage, no gradient): vary it by code.
     monkeypatch.setattr(rollout, "cid_reward", lambda predicted, *args: predicted[0] / 8)
     model.rl_objective.task_ratios = {"cid2cid": 1.0}
@@ -114,7 +114,7 @@ def test_one_grpo_step_changes_only_the_adapter(rl_model, tmp_path, monkeypatch)
 def test_cid2cid_rollouts_name_catalogue_items_and_are_rewarded(rl_model):
     from recbole_navigen.rl.rollout import rollout_cid2cid
 
-    model, train, _ = rl_model
+    model, train, _, _ = rl_model
     settings = {"num_generations": 4, "temperature": 1.0, "cid_level_weights": (0.5, 0.3, 0.2),
                 "cid_prefix_conditioned": True, "cid_in_range_ratio": 0.3}
     rollout = rollout_cid2cid(model, [[1, 2], [3]], [5, 6], settings, torch.Generator().manual_seed(0))
@@ -123,6 +123,17 @@ def test_cid2cid_rollouts_name_catalogue_items_and_are_rewarded(rl_model):
     for reward in rollout.rewards:
         assert reward.format == 1.0 and reward.task_reward >= 0.15  # a catalogue item earns at least the bonus
         assert reward.reward == pytest.approx(0.9 * reward.task_reward + 0.1)
+
+
+def test_probe_scores_held_out_users_reproducibly(rl_model):
+    from recbole_navigen.rl.probe import probe_cid_rewards
+
+    model, _, _, test = rl_model
+    settings = {"num_generations": 3, "temperature": 1.0, "cid_level_weights": (0.5, 0.3, 0.2),
+                "cid_prefix_conditioned": True, "cid_in_range_ratio": 0.3}
+    first = probe_cid_rewards(model, test, settings, users=10, seed=1)
+    assert len(first) == 10 and all(0.9 * 0.15 + 0.1 - 1e-6 <= value <= 1.0 for value in first)
+    assert probe_cid_rewards(model, test, settings, users=10, seed=1) == first  # the same random stream
 
 
 def test_rl_stage_runs_in_the_main_job_and_reloads(tiny_name, tiny_item_config, tiny_text_encoder, tmp_path):
@@ -154,7 +165,7 @@ def test_grpo_raises_a_learnable_reward(rl_model, monkeypatch):
 
     import recbole_navigen.rl.rollout as rollout
 
-    model, train, _ = rl_model
+    model, train, _, _ = rl_model
     monkeypatch.setattr(rollout, "cid_reward", lambda predicted, *args: float(predicted[0] == 0))
     model.rl_objective.task_ratios = {"cid2cid": 1.0}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.02)
