@@ -7,6 +7,7 @@
     python run_recbole_navigen.py identifiers --dataset=amazon --data_path=../shared/datasets
     python run_recbole_navigen.py supervise --dataset=amazon --teacher=heuristic --max_users=500
     python run_recbole_navigen.py generate --checkpoint=saved/NaviGen-ml-100k-KEY/stage2/X.pth --users=20
+    python run_recbole_navigen.py export --checkpoint=saved/NaviGen-ml-100k-KEY/stage2/X.pth --output=served/stage2
     python run_recbole_navigen.py render --run=results/ml-100k/NaviGen-ml-100k-KEY --pipeline=stabilityai/sd-turbo
     python run_recbole_navigen.py report --run=results/ml-100k/NaviGen-ml-100k-KEY
     python run_recbole_navigen.py evaluate-instructions --dataset=ml-100k --inputs navigen=RUN/instructions.jsonl \
@@ -81,6 +82,23 @@ def generate(argv: list[str]) -> None:
     summary = run_generate(own.checkpoint, own.users, output, cmd_args)
     print(f"Predictions written to {summary.path}: {summary.users} users; instructions {summary.parse_status}"
           + (f" (trained on {summary.supervision} supervision)" if summary.supervision else ""))
+
+
+def export(argv: list[str]) -> None:
+    """Write a trained NaviGen's backbone, its adapters merged, as a Hugging Face folder for `vllm serve`."""
+    from recbole_navigen.rl.served import export_checkpoint
+
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--checkpoint", required=True, help="a NaviGen checkpoint written by training")
+    extra.add_argument("--output", required=True, help="the folder to write (model, tokenizer, navigen_export.json)")
+    own, rest = extra.parse_known_args(argv)
+    args, cmd_args = parse_args(rest)
+    if args.model or args.models or args.config_files:
+        raise SystemExit("export rebuilds the model from the checkpoint's own configuration: give only "
+                         "--key=value overrides (e.g. --data_path=...), not --model or --config_files")
+    folder = export_checkpoint(own.checkpoint, own.output, cmd_args)
+    print(f"Backbone written to {folder}; serve it for RL rollouts with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "
+          f"vllm serve {folder} --enable-lora --max-lora-rank <rl_lora_r>")
 
 
 def supervise(argv: list[str]) -> None:
@@ -169,8 +187,8 @@ def report(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"identifiers": identifiers, "generate": generate, "supervise": supervise, "render": render,
-                "report": report, "evaluate-instructions": evaluate_instructions}
+    commands = {"identifiers": identifiers, "generate": generate, "export": export, "supervise": supervise,
+                "render": render, "report": report, "evaluate-instructions": evaluate_instructions}
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

@@ -99,6 +99,9 @@ class Config(RecBoleConfig):
     def _set_default_parameters(self) -> None:
         self._resolve_dataset()
         super()._set_default_parameters()
+        from recbole_navigen.distributed import check_strategy
+
+        check_strategy(self.final_config_dict)
         if self.final_config_dict.get("check_dataset_files", True):
             check_dataset_files(self.final_config_dict, self.data_path_source)
 

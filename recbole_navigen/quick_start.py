@@ -78,7 +78,9 @@ def run_model(
     valid_data, test_data = apply_eval_user_sample(config, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    recommender = config.model_class(config, train_data._dataset).to(config["device"])
+    recommender = config.model_class(config, train_data._dataset)
+    if config["dist_strategy"] != "fsdp":  # FSDP places each rank's shard itself: the whole never goes to a device
+        recommender = recommender.to(config["device"])
     logger.info(recommender)
     trainer = make_trainer(config, recommender)
 

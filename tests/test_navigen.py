@@ -269,3 +269,25 @@ def test_loss_grouped_by_task_equals_one_padded_batch(tiny_name, navigen_config,
     assert len(model.training_batches(None)) == 2
     assert torch.allclose(grouped, one_batch, atol=1e-5)
     assert model.trained_tokens > 0
+
+
+def test_bf16_precision_runs_the_backbone_in_bfloat16_with_float32_weights(tiny_name, navigen_config):
+    model, train, test = _model(tiny_name, {**navigen_config, "precision": "bf16"})
+    model.eval()  # no dropout: the two precisions see the same network
+    head_dtypes = []
+    model.llm.get_output_embeddings().register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
+    interaction = next(iter(train))
+    generator_state = model.generator.get_state()
+    mixed = model.calculate_loss(interaction)
+    model.generator.set_state(generator_state)  # the same task draw
+    model.precision = "fp32"
+    full = model.calculate_loss(interaction)
+    assert head_dtypes[0] == torch.bfloat16 and head_dtypes[-1] == torch.float32
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, full, rtol=0.01)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
+    model.precision = "bf16"
+    head_dtypes.clear()
+    assert (model.beam_search(next(iter(test))[0]).items > 0).all()
+    assert set(head_dtypes) == {torch.bfloat16}
+    with pytest.raises(ValueError, match="precision"):
+        _model(tiny_name, {**navigen_config, "precision": "fp16"})

@@ -18,6 +18,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
 from recbole_navigen.config import Config
+from recbole_navigen.distributed import one_process_settings
 from recbole_navigen.fileio import write_text_atomic
 from recbole_navigen.model.navigen_tasks import histories as histories_of
 
@@ -48,8 +49,9 @@ def load_trained_navigen(checkpoint: str | Path, cmd_args: list[str] | None = No
     if saved_config is None or "state_dict" not in saved:
         raise ValueError(f"{checkpoint} is not a checkpoint written by RecBole's trainer")
     model_name = saved_config["model"]
-    config = Config(model_name, saved_config["dataset_name"], None, dict(saved_config.external_config_dict),
-                    list(cmd_args or []))
+    # One process, whichever way it was trained (a distributed run's keys would join its process group).
+    config = Config(model_name, saved_config["dataset_name"], None,
+                    one_process_settings(saved_config.external_config_dict), list(cmd_args or []))
     if not hasattr(config.model_class, "generate_instructions"):
         raise ValueError(f"generate needs a NaviGen checkpoint; {checkpoint} holds a {model_name}")
     if config["device"].type == "cuda" and not torch.cuda.is_available():

@@ -276,7 +276,9 @@ def _unpack(parameter: torch.Tensor, rows: torch.Tensor, value: torch.Tensor) ->
     if value.shape[0] != int(rows.sum()) or value.shape[1:] != parameter.shape[1:]:
         raise ValueError(f"saved weight of shape {tuple(value.shape)} fits neither the parameter "
                          f"{tuple(parameter.shape)} nor its {int(rows.sum())} trainable rows")
-    full = parameter.detach().clone()
+    from recbole_navigen.distributed import whole
+
+    full = whole(parameter.detach()).clone()  # an FSDP2 shard is gathered whole first
     full[rows.to(full.device)] = value.to(full.device, full.dtype)
     return full
 

@@ -25,6 +25,7 @@ from recbole_navigen.decoding.beam_search import (
     beams_to_scores,
     constrained_beam_search,
 )
+from recbole_navigen.distributed import rank_zero_first, shard_like, whole
 from recbole_navigen.identifiers.build import build_identifiers
 from recbole_navigen.llm.backbone import (
     apply_lora,
@@ -35,6 +36,7 @@ from recbole_navigen.llm.backbone import (
     train_new_rows_only,
     unpack_masked_rows,
 )
+from recbole_navigen.llm.precision import autocast, check_precision
 from recbole_navigen.model.instruction_data import Supervision, read_supervision
 from recbole_navigen.model.navigen_tasks import (
     CID2CID_ANSWER_PREFIX,
@@ -67,7 +69,10 @@ class NaviGen(SequentialRecommender):
 
     def __init__(self, config, dataset) -> None:
         super().__init__(config, dataset)
-        identifiers = build_identifiers(config, dataset)
+        with rank_zero_first():  # several processes: one builds the caches, the others read them
+            identifiers = build_identifiers(config, dataset)
+            llm, self.hf_tokenizer = load_backbone(config["llm_path"], config["pretrained_cache_dir"],
+                                                   identifiers.texts[1:], config["tiny_backbone"])
         self.items = identifiers.tokenizer
         self.item_texts = identifiers.texts
         self.identifiers_key = identifiers.folder.name
@@ -75,11 +80,10 @@ class NaviGen(SequentialRecommender):
         self.history_format = config["history_format"]
         self.max_length = config["max_length"]
         self.beam_size = config["beam_size"]
+        self.precision = check_precision(config["precision"])
         if self.beam_size < max(config["topk"]):
             raise ValueError(f"beam_size {self.beam_size} must be at least max(topk) = {max(config['topk'])}")
 
-        llm, self.hf_tokenizer = load_backbone(config["llm_path"], config["pretrained_cache_dir"],
-                                               identifiers.texts[1:], config["tiny_backbone"])
         new_ids = extend_vocabulary(llm, self.hf_tokenizer, self.items.code_tokens())
         if config["init_from"]:
             llm = self._trained_backbone(llm, config["init_from"], new_ids)
@@ -101,6 +105,12 @@ class NaviGen(SequentialRecommender):
             from recbole_navigen.rl.objective import GRPOObjective
 
             self.rl_objective = GRPOObjective(config)
+        # FSDP (distributed.py) all-gathers the weights in every forward call, so every rank must make as many:
+        # one padded batch per training step then, not one per task (which the ranks' batches draw differently).
+        self.group_by_task = config["dist_strategy"] != "fsdp"
+        if not self.group_by_task and self.rl_objective is not None:
+            raise ValueError("dist_strategy: fsdp trains the SFT stages (1, 2); the rl stage's sampled rollouts "
+                             "run differently on each rank: use dist_strategy: ddp")
 
     def _trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {name: parameter for name, parameter in self.named_parameters() if parameter.requires_grad}
@@ -111,7 +121,8 @@ class NaviGen(SequentialRecommender):
         embedding only the new tokens' rows."""
         trainable = self._trainable_parameters()
         full = super().state_dict(*args, **kwargs)
-        state = type(full)((key, value) for key, value in full.items() if key in trainable)
+        # Under FSDP each value is a shard: gathered whole (every rank calls this), as one process saves it.
+        state = type(full)((key, whole(value)) for key, value in full.items() if key in trainable)
         pack_masked_rows(trainable, state)
         return state
 
@@ -122,6 +133,8 @@ class NaviGen(SequentialRecommender):
             raise RuntimeError(f"NaviGen checkpoint lacks trained weights {missing[:5]} (stage or adapters differ?)")
         state_dict = dict(state_dict)
         unpack_masked_rows(trainable, state_dict)
+        # Under FSDP each rank keeps its own shard of every whole value.
+        state_dict = {key: shard_like(value, trainable.get(key)) for key, value in state_dict.items()}
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def _read_checkpoint(self, checkpoint: str) -> tuple[dict, object]:
@@ -251,10 +264,11 @@ class NaviGen(SequentialRecommender):
 
     def training_batches(self, interaction) -> list[dict[str, torch.Tensor]]:
         """The batch's chats as padded token ids, attention mask and answer-only labels, on the model's device:
-        one padded group per task, so that a few long cid2ins chats do not pad every short mapping chat."""
+        one padded group per task, so that a few long cid2ins chats do not pad every short mapping chat (one
+        group in all without `group_by_task`)."""
         by_task: dict[str, list] = {}
         for sample in self.samples(interaction):
-            by_task.setdefault(sample.task, []).append(sample)
+            by_task.setdefault(sample.task if self.group_by_task else "", []).append(sample)
         device = self.token_table.device
         return [{key: value.to(device) for key, value in
                  encode_for_training(group, self.hf_tokenizer, self.max_length).items()} for group in by_task.values()]
@@ -262,14 +276,19 @@ class NaviGen(SequentialRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         """The mixed SFT loss (mean over every answer token of the batch, as one padded batch would give);
         in the RL stage, the GRPO loss of rollouts on this batch's users."""
-        if self.rl_objective is not None:
-            return self.rl_objective(self, interaction)
-        batches = self.training_batches(interaction)
-        # Tokens each group's loss averages over: labels past the first position that are not ignored.
-        counts = [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches]
-        total = sum(counts)
-        self.trained_tokens += sum(int(batch["attention_mask"].sum()) for batch in batches)
-        return sum(self.llm(**batch).loss * (count / total) for batch, count in zip(batches, counts))
+        with self._autocast():
+            if self.rl_objective is not None:
+                return self.rl_objective(self, interaction)
+            batches = self.training_batches(interaction)
+            # Tokens each group's loss averages over: labels past the first position that are not ignored.
+            counts = [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches]
+            total = sum(counts)
+            self.trained_tokens += sum(int(batch["attention_mask"].sum()) for batch in batches)
+            return sum(self.llm(**batch).loss * (count / total) for batch, count in zip(batches, counts))
+
+    def _autocast(self):
+        """Mixed precision for the backbone's forward passes when `precision: bf16` (llm/precision.py)."""
+        return autocast(self.precision, self.token_table.device)
 
     @torch.no_grad()
     def beam_search(self, interaction, timings: dict | None = None):
@@ -281,19 +300,21 @@ class NaviGen(SequentialRecommender):
             raise RuntimeError("the cid2cid prompts must end with the CID begin token the codes follow")
         device = self.token_table.device
         self.trie = self.trie.to(device)
-        stepper = CausalStepper(self.llm, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        return constrained_beam_search(stepper, len(prompts), self.trie, self.token_table, self.end_id,
-                                       self.beam_size, timings)
+        with self._autocast():
+            stepper = CausalStepper(self.llm, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            return constrained_beam_search(stepper, len(prompts), self.trie, self.token_table, self.end_id,
+                                           self.beam_size, timings)
 
     @torch.no_grad()
     def _greedy(self, prompts: list, prefixes: list[str], max_new_tokens: int) -> list[str]:
         """Greedy continuations of each prompt + its answer prefix (special tokens dropped, code tokens kept)."""
         batch = encode_prompts(prompts, self.hf_tokenizer, prefixes)
         device = self.token_table.device
-        output = self.llm.generate(input_ids=batch["input_ids"].to(device),
-                                   attention_mask=batch["attention_mask"].to(device),
-                                   max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=self.hf_tokenizer.pad_token_id)
+        with self._autocast():
+            output = self.llm.generate(input_ids=batch["input_ids"].to(device),
+                                       attention_mask=batch["attention_mask"].to(device),
+                                       max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=self.hf_tokenizer.pad_token_id)
         return self.hf_tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
     @torch.no_grad()

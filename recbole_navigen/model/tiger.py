@@ -13,6 +13,7 @@ from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
 from recbole_navigen.decoding.beam_search import Seq2SeqStepper, beams_to_scores, constrained_beam_search
+from recbole_navigen.distributed import rank_zero_first
 from recbole_navigen.identifiers.build import build_identifiers
 
 PAD, END = 0, 1  # T5 also starts decoding from the pad token
@@ -23,7 +24,8 @@ class TIGER(SequentialRecommender):
 
     def __init__(self, config, dataset) -> None:
         super().__init__(config, dataset)
-        identifiers = build_identifiers(config, dataset)
+        with rank_zero_first():  # several processes: one builds the identifiers, the others read them
+            identifiers = build_identifiers(config, dataset)
         self.trie = identifiers.tokenizer.trie
         sizes = identifiers.tokenizer.level_sizes
         self.levels = len(sizes)

@@ -15,8 +15,27 @@ from recbole_navigen.model.navigen_tasks import histories, task_mix
 from recbole_navigen.rl.grpo import clipped_surrogate, completion_logprobs, group_advantages
 from recbole_navigen.rl.judge import make_judge
 from recbole_navigen.rl.rollout import Rollout, rollout_cid2cid, rollout_cid2ins
+from recbole_navigen.rl.served import RolloutServer
 
 RL_TASKS = ("cid2cid", "cid2ins")
+# Extras logged as a count per step (the sum), not as mean and std per completion.
+COUNTED_EXTRAS = ("judge_failures", "server_invalid")
+
+
+def rollout_settings(config) -> dict:
+    """The `rl_*` keys the rollouts and rewards read (samples per prompt, temperature, CID reward weights...)."""
+    settings = {
+        "num_generations": config["rl_num_generations"],
+        "temperature": config["rl_temperature"],
+        "max_new_tokens": config["rl_max_new_tokens"],
+        "cid_level_weights": tuple(config["rl_cid_level_weights"]),
+        "cid_prefix_conditioned": config["rl_cid_prefix_conditioned"],
+        "cid_in_range_ratio": config["rl_cid_in_range_ratio"],
+        "judge_failure_reward": config["rl_judge_failure_reward"],
+    }
+    if settings["num_generations"] < 2:
+        raise ValueError("rl_num_generations must be at least 2: advantages compare samples of one prompt")
+    return settings
 
 
 class GRPOObjective:
@@ -27,26 +46,19 @@ class GRPOObjective:
         unknown = sorted(set(self.task_ratios) - set(RL_TASKS))
         if unknown:
             raise ValueError(f"rl_task_ratios: unknown tasks {unknown}; the RL stage trains {list(RL_TASKS)}")
-        self.settings = {
-            "num_generations": config["rl_num_generations"],
-            "temperature": config["rl_temperature"],
-            "max_new_tokens": config["rl_max_new_tokens"],
-            "cid_level_weights": tuple(config["rl_cid_level_weights"]),
-            "cid_prefix_conditioned": config["rl_cid_prefix_conditioned"],
-            "cid_in_range_ratio": config["rl_cid_in_range_ratio"],
-            "judge_failure_reward": config["rl_judge_failure_reward"],
-        }
-        if self.settings["num_generations"] < 2:
-            raise ValueError("rl_num_generations must be at least 2: advantages compare samples of one prompt")
+        self.settings = rollout_settings(config)
         self.beta, self.clip_epsilon, self.scale = config["rl_beta"], config["rl_clip_epsilon"], config["rl_scale_rewards"]
         self.judge = make_judge(config) if self.task_ratios.get("cid2ins") else None
         self.generator = torch.Generator().manual_seed(config["seed"])
+        self.server = RolloutServer.from_config(config)  # None: rollouts sampled locally
         self.records: list[dict] = []
 
     def __call__(self, model, interaction) -> torch.Tensor:
         history = histories(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
         targets = interaction[model.POS_ITEM_ID].tolist()
         tasks = task_mix(self.task_ratios, len(targets), self.generator)
+        if self.server is not None:
+            self.server.begin_step(model)  # syncs the served adapter with the policy when due
         rollouts = []
         for task in RL_TASKS:
             rows = [row for row, drawn in enumerate(tasks) if drawn == task]
@@ -54,9 +66,11 @@ class GRPOObjective:
                 continue
             past, goal = [history[row] for row in rows], [targets[row] for row in rows]
             if task == "cid2cid":
-                rollouts.append(rollout_cid2cid(model, past, goal, self.settings, self.generator))
+                sample = self.server.rollout_cid2cid if self.server else rollout_cid2cid
+                rollouts.append(sample(model, past, goal, self.settings, self.generator))
             else:
-                rollouts.append(rollout_cid2ins(model, past, goal, self.settings, self.judge))
+                sample = self.server.rollout_cid2ins if self.server else rollout_cid2ins
+                rollouts.append(sample(model, past, goal, self.settings, self.judge))
         total = sum(len(rollout.texts) for rollout in rollouts)
         loss, kls, clips = 0.0, [], []
         for rollout in rollouts:
@@ -90,7 +104,8 @@ class GRPOObjective:
             for part in ("reward", "task_reward", "gate", "format", "penalty"):
                 row.update(_mean_std(f"{task}_{part}", [getattr(reward, part) for reward in rollout.rewards]))
             for name, values in rollout.extras.items():
-                row.update({f"{task}_{name}": sum(values)} if name == "judge_failures" else _mean_std(f"{task}_{name}", values))
+                counted = name in COUNTED_EXTRAS
+                row.update({f"{task}_{name}": sum(values)} if counted else _mean_std(f"{task}_{name}", values))
         return row
 
 

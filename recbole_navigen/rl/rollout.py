@@ -54,6 +54,7 @@ def rollout_cid2cid(model, history: list[list[int]], targets: list[int], setting
     batch = encode_prompts(prompts, model.hf_tokenizer, CID2CID_ANSWER_PREFIX)
     device = model.token_table.device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    model.trie = model.trie.to(device)
     stepper = CausalStepper(model.llm, ids, mask)
     sampled = constrained_sample(stepper, len(prompts), model.trie, model.token_table, model.end_id, group,
                                  settings["temperature"], generator)
@@ -66,15 +67,21 @@ def rollout_cid2cid(model, history: list[list[int]], targets: list[int], setting
         [],
     )
     for row, item in enumerate(sampled.items.tolist()):
-        target = targets[row // group]
-        text = '{"target_cid":"' + model.items.cid(item) + '"}'
         predicted = tuple(sampled.codes[row].tolist())
-        task_reward = cid_reward(predicted, model.items.code(target), item > 0, settings["cid_level_weights"],
-                                 settings["cid_prefix_conditioned"], settings["cid_in_range_ratio"])
-        fmt = format_reward(text, "cid2cid", lambda cid: model.items.parse_cid(cid) is not None)
+        text, reward = reward_cid2cid(model, item, predicted, targets[row // group], settings)
         rollout.texts.append(text)
-        rollout.rewards.append(combine("cid2cid", task_reward, text, fmt, think_required=False))
+        rollout.rewards.append(reward)
     return rollout
+
+
+def reward_cid2cid(model, item: int, predicted: tuple[int, ...], target: int,
+                   settings: dict) -> tuple[str, RewardBreakdown]:
+    """The answer text of a sampled catalogue item `item` (code `predicted`) and its reward against `target`."""
+    text = '{"target_cid":"' + model.items.cid(item) + '"}'
+    task_reward = cid_reward(predicted, model.items.code(target), item > 0, settings["cid_level_weights"],
+                             settings["cid_prefix_conditioned"], settings["cid_in_range_ratio"])
+    fmt = format_reward(text, "cid2cid", lambda cid: model.items.parse_cid(cid) is not None)
+    return text, combine("cid2cid", task_reward, text, fmt, think_required=False)
 
 
 @torch.no_grad()
@@ -100,6 +107,14 @@ def rollout_cid2ins(model, history: list[list[int]], targets: list[int], setting
         [THINK_OPEN + text for text in tokenizer.batch_decode(completion * completion_mask + tokenizer.pad_token_id
                                                               * (1 - completion_mask), skip_special_tokens=True)],
     )
+    return score_cid2ins(model, rollout, history, targets, settings, judge)
+
+
+def score_cid2ins(model, rollout: Rollout, history: list[list[int]], targets: list[int], settings: dict,
+                  judge) -> Rollout:
+    """Fill `rollout`'s rewards and judge extras: a well-formed reply is judged against its target's terms,
+    anything else scores 0 on every edge (as in the release)."""
+    group = settings["num_generations"]
     formats = [format_reward(text, "cid2ins") for text in rollout.texts]
     requests = {}
     for row, (text, fmt) in enumerate(zip(rollout.texts, formats)):
