@@ -67,17 +67,29 @@ def identifiers(argv: list[str]) -> None:
     print(sample_items(built))
 
 
-def generate(argv: list[str]) -> None:
-    """Write a trained NaviGen's predictions and instructions for some test users as JSONL."""
+def _checkpoint_parser() -> argparse.ArgumentParser:
+    """The arguments of a command that works on a trained checkpoint (more are added by the command)."""
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--checkpoint", required=True, help="a NaviGen checkpoint written by training")
-    extra.add_argument("--users", type=int, default=20, help="how many test users (default 20)")
-    extra.add_argument("--output", help="the JSONL file (default results/generate/<checkpoint>.jsonl)")
+    return extra
+
+
+def _parse_checkpoint_command(command: str, extra: argparse.ArgumentParser, argv: list[str]):
+    """(own arguments, common arguments, --key=value overrides); the model comes from the checkpoint."""
     own, rest = extra.parse_known_args(argv)
     args, cmd_args = parse_args(rest)
     if args.model or args.models or args.config_files:
-        raise SystemExit("generate rebuilds the model from the checkpoint's own configuration: give only "
+        raise SystemExit(f"{command} rebuilds the model from the checkpoint's own configuration: give only "
                          "--key=value overrides (e.g. --data_path=...), not --model or --config_files")
+    return own, args, cmd_args
+
+
+def generate(argv: list[str]) -> None:
+    """Write a trained NaviGen's predictions and instructions for some test users as JSONL."""
+    extra = _checkpoint_parser()
+    extra.add_argument("--users", type=int, default=20, help="how many test users (default 20)")
+    extra.add_argument("--output", help="the JSONL file (default results/generate/<checkpoint>.jsonl)")
+    own, args, cmd_args = _parse_checkpoint_command("generate", extra, argv)
     output = own.output or f"{args.output_dir}/generate/{Path(own.checkpoint).stem}.jsonl"
     summary = run_generate(own.checkpoint, own.users, output, cmd_args)
     print(f"Predictions written to {summary.path}: {summary.users} users; instructions {summary.parse_status}"
@@ -88,14 +100,9 @@ def export(argv: list[str]) -> None:
     """Write a trained NaviGen's backbone, its adapters merged, as a Hugging Face folder for `vllm serve`."""
     from recbole_navigen.rl.served import export_checkpoint
 
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--checkpoint", required=True, help="a NaviGen checkpoint written by training")
+    extra = _checkpoint_parser()
     extra.add_argument("--output", required=True, help="the folder to write (model, tokenizer, navigen_export.json)")
-    own, rest = extra.parse_known_args(argv)
-    args, cmd_args = parse_args(rest)
-    if args.model or args.models or args.config_files:
-        raise SystemExit("export rebuilds the model from the checkpoint's own configuration: give only "
-                         "--key=value overrides (e.g. --data_path=...), not --model or --config_files")
+    own, _, cmd_args = _parse_checkpoint_command("export", extra, argv)
     folder = export_checkpoint(own.checkpoint, own.output, cmd_args)
     print(f"Backbone written to {folder}; serve it for RL rollouts with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "
           f"vllm serve {folder} --enable-lora --max-lora-rank <rl_lora_r>")
