@@ -26,6 +26,7 @@ from recbole_navigen.quick_start import RunResult, run_model
 _NOT_IN_KEY = {"checkpoint_dir", "device", "gpu_id", "use_gpu", "show_progress", "state", "log_wandb",
                "wandb_project", "worker", "init_from", "results_dir", "instruction_samples"}
 RESULT_FILE = "result.json"
+STAGE_KEY_FILE = "stage.key"  # beside result.json: the settings hash of the stage and the stages before it
 
 
 @dataclass
@@ -41,6 +42,16 @@ def run_key(config: Config) -> str:
     """A short hash of every setting that decides what the run computes."""
     return settings_hash({key: value for key, value in config.final_config_dict.items() if key not in _NOT_IN_KEY},
                          length=10)
+
+
+def stage_key(config: Config, stage, overrides: dict, before: str) -> str:
+    """A short hash of what decides one stage's weights: the shared settings (the `rl_*` keys only for the
+    rl stage), this stage's own `stage_settings`, and the key of the stage it starts from. Another run whose
+    settings differ only in later stages (e.g. the RL optimiser) reuses this stage's checkpoint."""
+    rl = str(stage) == "rl"
+    shared = {key: value for key, value in config.final_config_dict.items()
+              if key not in _NOT_IN_KEY | {"stages", "stage_settings", "stage"} and (rl or not key.startswith("rl_"))}
+    return settings_hash({**shared, **overrides, "stage": str(stage), "after": before}, length=10)
 
 
 def run_stages(
@@ -72,6 +83,7 @@ def run_stages(
     run_dir = Path(config["checkpoint_dir"]) / name
 
     results: list[RunResult] = []
+    key = ""
     for stage in config["stages"]:
         stage_dir = run_dir / (f"stage{stage}" if isinstance(stage, int) else str(stage))
         per_stage = config["stage_settings"] or {}
@@ -79,12 +91,16 @@ def run_stages(
         settings = {**config_dict, **overrides, "stage": stage, "checkpoint_dir": str(stage_dir)}
         if results:
             settings["init_from"] = results[-1].checkpoint
-        cached = finished_stage(stage_dir)
+        key = stage_key(config, stage, overrides, key)
+        cached = finished_stage(stage_dir) or same_stage_elsewhere(run_dir, stage_dir.name, key)
         if cached is None:
             result = run_model(model, dataset, config_file_list, settings, cmd_args, init_logging=False)
-            write_text_atomic(stage_dir / RESULT_FILE, result.to_json())
         else:
             result = cached
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if finished_stage(stage_dir, quiet=True) is None:  # trained here, or found in another run folder
+            write_text_atomic(stage_dir / RESULT_FILE, result.to_json())
+        write_text_atomic(stage_dir / STAGE_KEY_FILE, key + "\n")
         results.append(result)
         reports.append(StepReport(f"stage {stage}", "cached" if cached else "ran", _stage_line(result)))
 
@@ -102,19 +118,33 @@ def run_stages(
     return final
 
 
-def finished_stage(stage_dir: Path) -> RunResult | None:
+def finished_stage(stage_dir: Path, quiet: bool = False) -> RunResult | None:
     """The result of a stage that ran to the end in `stage_dir` (its checkpoint still there), else None."""
+    log = (lambda message: None) if quiet else getLogger().info
     result_file = stage_dir / RESULT_FILE
     if not result_file.is_file():
         if stage_dir.is_dir():
-            getLogger().info(f"{stage_dir}: no {RESULT_FILE}, the stage did not finish; training it from the start")
+            log(f"{stage_dir}: no {RESULT_FILE}, the stage did not finish; training it from the start")
         return None
     result = RunResult(**json.loads(result_file.read_text(encoding="utf-8")))
     if result.checkpoint and not Path(result.checkpoint).is_file():
-        getLogger().info(f"{result_file}: its checkpoint {result.checkpoint} is gone; training the stage again")
+        log(f"{result_file}: its checkpoint {result.checkpoint} is gone; training the stage again")
         return None
-    getLogger().info(f"{stage_dir}: finished before, reusing {result.checkpoint}")
+    log(f"{stage_dir}: finished before, reusing {result.checkpoint}")
     return result
+
+
+def same_stage_elsewhere(run_dir: Path, stage_name: str, key: str) -> RunResult | None:
+    """A finished stage of the same key in another run folder of this model and dataset, else None."""
+    prefix = run_dir.name.rsplit("-", 1)[0]
+    for key_file in sorted(run_dir.parent.glob(f"{prefix}-*/{stage_name}/{STAGE_KEY_FILE}")):
+        if key_file.parent.parent != run_dir and key_file.read_text(encoding="utf-8").strip() == key:
+            result = finished_stage(key_file.parent, quiet=True)
+            if result is not None:
+                getLogger().info(f"{stage_name}: the same settings finished in {key_file.parent}; reusing "
+                                 f"{result.checkpoint}")
+                return result
+    return None
 
 
 def _identifiers(config: Config) -> StepReport:

@@ -152,6 +152,14 @@ def test_stages_run_in_order_resume_and_start_from_the_stage_before(tiny_name, n
     assert "| stage 1 | cached |" in summary and "| stage 2 | cached |" in summary
     assert "Train     0" not in caplog.text and "epoch 0 training" not in caplog.text  # nothing trained again
 
+    # Settings of a later stage only (another run folder): stage 1 comes from the first run, stage 2 trains.
+    other = run_stages("NaviGen", tiny_name, config_dict={**quick, "stage_settings": {2: {"learning_rate": 0.01}}},
+                       cmd_args=[])
+    assert Path(other.checkpoint).parents[1] != Path(final.checkpoint).parents[1]
+    assert other.config["init_from"] == stage_one and other.config["learning_rate"] == 0.01
+    summary = (Path(other.checkpoint).parents[1] / "summary.md").read_text()
+    assert "| stage 1 | cached |" in summary and "| stage 2 | ran |" in summary
+
 
 def _write_supervision(path: Path, model, users: int = 6) -> Path:
     """Supervision rows as the pipeline writes them: one per user, raw item ids, the teacher's texts."""
