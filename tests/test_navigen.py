@@ -299,3 +299,47 @@ def test_bf16_precision_runs_the_backbone_in_bfloat16_with_float32_weights(tiny_
     assert set(head_dtypes) == {torch.bfloat16}
     with pytest.raises(ValueError, match="precision"):
         _model(tiny_name, {**navigen_config, "precision": "fp16"})
+
+
+def test_reserved_cache_decodes_as_the_growing_cache(tiny_name, navigen_config, monkeypatch):
+    from recbole_navigen.decoding.beam_search import CausalStepper, ReservedLayer
+
+    model, _, test = _model(tiny_name, navigen_config)
+    model.eval()
+    interaction = next(iter(test))[0]
+    reserved_layers = []
+    expand = CausalStepper.expand
+
+    def spy(self, beams, steps=0):
+        expand(self, beams, steps)
+        reserved_layers.extend(layer for layer in self.cache.layers if isinstance(layer, ReservedLayer))
+
+    monkeypatch.setattr(CausalStepper, "expand", spy)
+    reserved = model.beam_search(interaction)
+    assert reserved_layers  # written in place, reordered after the prompt only
+    monkeypatch.setattr(CausalStepper, "expand", lambda self, beams, steps=0: expand(self, beams))
+    growing = model.beam_search(interaction)  # Hugging Face's DynamicCache: concatenated, reordered whole
+    assert torch.equal(reserved.items, growing.items) and torch.allclose(reserved.scores, growing.scores, atol=1e-5)
+
+
+def test_reserved_layer_holds_what_a_dynamic_layer_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    from recbole_navigen.decoding.beam_search import ReservedLayer
+
+    torch.manual_seed(0)
+    users, beams, heads, prompt, dim = 2, 3, 2, 5, 4
+    growing, start = DynamicLayer(), DynamicLayer()
+    keys, values = torch.randn(users, heads, prompt, dim), torch.randn(users, heads, prompt, dim)
+    growing.update(keys, values)
+    start.update(keys, values)
+    growing.batch_repeat_interleave(beams)
+    reserved = ReservedLayer(start, beams, reserve=2)
+    for rows in (torch.tensor([2, 2, 0, 4, 3, 3]), torch.tensor([1, 0, 0, 5, 5, 4])):  # within each user's beams
+        step = torch.randn(users * beams, heads, 1, dim), torch.randn(users * beams, heads, 1, dim)
+        for layer in (growing, reserved):
+            layer.update(*step)
+            layer.reorder_cache(rows)
+        assert torch.equal(reserved.keys, growing.keys) and torch.equal(reserved.values, growing.values)
+    with pytest.raises(RuntimeError, match="reserved"):
+        reserved.update(*step)

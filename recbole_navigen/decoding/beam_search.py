@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer
 
 from recbole_navigen.identifiers.trie import PrefixTrie
 
@@ -26,8 +27,9 @@ class Stepper(Protocol):
     def start(self) -> torch.Tensor:
         """Read the inputs, one row per user; return the logits of the first code token `[users, vocab]`."""
 
-    def expand(self, beams: int) -> None:
-        """Copy each user's cache to `beams` rows (user-major), after `start`."""
+    def expand(self, beams: int, steps: int = 0) -> None:
+        """Copy each user's cache to `beams` rows (user-major), after `start`, with room for `steps` more
+        tokens where the stepper can reserve it."""
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed `tokens` `[rows]`; return next-token logits `[rows, vocab]`."""
@@ -99,7 +101,7 @@ def constrained_beam_search(
             tokens = token_table[level, code].clamp(min=0)
         with _timed(timings, "model"):
             if rows == batch_size:
-                stepper.expand(beam_size)  # beam i of a user came from its only row: a plain copy
+                stepper.expand(beam_size, levels)  # beam i of a user came from its only row: a plain copy
             else:
                 stepper.reorder(origin)
             rows = batch_size * beam_size
@@ -134,7 +136,7 @@ class Seq2SeqStepper:
         starts = torch.full((len(self.input_ids),), self.start_token_id, device=self.input_ids.device)
         return self.step(starts)
 
-    def expand(self, beams: int) -> None:
+    def expand(self, beams: int, steps: int = 0) -> None:
         # The cross-attention keys and values were computed once per user; copies serve every beam.
         self.cache.batch_repeat_interleave(beams)
         hidden = self.encoder_outputs.last_hidden_state.repeat_interleave(beams, dim=0)
@@ -157,9 +159,48 @@ class Seq2SeqStepper:
         self.cache.self_attention_cache.reorder_cache(rows)
 
 
+class ReservedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with room for more positions: a step
+    writes its token in place, where `DynamicLayer` copies the whole cache (`torch.cat`) every step. A beam
+    reorder moves only the positions after `shared`: the prompt, the same in every beam of a user, stays."""
+
+    def __init__(self, layer: DynamicLayer, beams: int, reserve: int) -> None:
+        """`layer`'s rows (one per user) copied to `beams` rows each, with room for `reserve` more positions."""
+        super().__init__()
+        self.device, self.is_initialized = layer.keys.device, True
+        self.length = self.shared = layer.keys.shape[2]  # every beam of a user starts from its prompt
+        self._keys, self._values = (self._copies(tensor, beams, reserve) for tensor in (layer.keys, layer.values))
+        self._expose()
+
+    @staticmethod
+    def _copies(tensor: torch.Tensor, beams: int, reserve: int) -> torch.Tensor:
+        users, heads, length, dim = tensor.shape
+        buffer = tensor.new_empty((users * beams, heads, length + reserve, dim))
+        buffer.view(users, beams, heads, length + reserve, dim)[:, :, :, :length] = tensor.unsqueeze(1)
+        return buffer
+
+    def _expose(self) -> None:
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            raise RuntimeError(f"cache reserved for {self._keys.shape[-2]} positions, asked for {end}")
+        self._keys[:, :, self.length : end], self._values[:, :, self.length : end] = key_states, value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        moved = slice(self.shared, self.length)
+        self._keys[:, :, moved] = self._keys[beam_idx, :, moved]
+        self._values[:, :, moved] = self._values[beam_idx, :, moved]
+        self._expose()
+
+
 class CausalStepper:
     """Drives a causal LM: each user's prompt (left-padded) is prefilled once, its cache copied to every
-    beam, then one token per step."""
+    beam (with room for the steps to come), then one token per step."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         self.model, self.input_ids, self.attention_mask = model, input_ids, attention_mask
@@ -174,8 +215,11 @@ class CausalStepper:
         self.position = positions[:, -1:] + 1
         return output.logits[:, -1]
 
-    def expand(self, beams: int) -> None:
-        self.cache.batch_repeat_interleave(beams)
+    def expand(self, beams: int, steps: int = 0) -> None:
+        if steps and all(type(layer) is DynamicLayer for layer in self.cache.layers):
+            self.cache.layers = [ReservedLayer(layer, beams, steps) for layer in self.cache.layers]
+        else:
+            self.cache.batch_repeat_interleave(beams)
         self.attention_mask = self.attention_mask.repeat_interleave(beams, dim=0)
         self.position = self.position.repeat_interleave(beams, dim=0)
 

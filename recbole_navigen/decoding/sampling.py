@@ -41,7 +41,7 @@ def constrained_sample(
         raise ValueError(f"temperature must be positive, got {temperature}")
     device = token_table.device
     first = stepper.start().float()
-    stepper.expand(samples)
+    stepper.expand(samples, trie.depth)
     logits = first.repeat_interleave(samples, dim=0)
     rows, width = batch_size * samples, trie.k_max
     prefix = torch.empty((rows, 0), dtype=torch.long, device=device)
