@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recbole_navigen.distributed import interleave, run_distributed
-from recbole_navigen.quick_start import run_model
+from recbole_navigen.quick_start import run_identifiers, run_model
 
 
 def test_interleave_undoes_the_distributed_sampler():
@@ -32,6 +32,19 @@ def test_two_gloo_processes_match_one(tiny_name, tiny_config):
     two = run_distributed(run_model, "SASRec", tiny_name, None, trained, [], nproc=2)
     for metric in ("recall@10", "ndcg@10"):  # halves of each batch, gradients averaged: close, not equal
         assert two.test[metric] == pytest.approx(one.test[metric], abs=0.1)
+
+
+def test_tiger_in_two_gloo_processes_matches_one(tiny_name, tiny_item_config, tiny_text_encoder, tmp_path):
+    from tests.test_tiger import SMALL_TIGER
+
+    frozen = {**tiny_item_config, **SMALL_TIGER, "text_encoder": tiny_text_encoder, "dist_backend": "gloo",
+              "identifiers_dir": str(tmp_path / "ids"), "learning_rate": 0.0, "epochs": 1}
+    run_identifiers("TIGER", tiny_name, None, frozen, [])  # built once: building draws random numbers
+    one = run_model("TIGER", tiny_name, config_dict={**frozen, "checkpoint_dir": "saved/one"}, cmd_args=[])
+    two = run_distributed(run_model, "TIGER", tiny_name, None, {**frozen, "checkpoint_dir": "saved/two"}, [],
+                          nproc=2)
+    assert two.config["world_size"] == 2 and two.eval_users == one.eval_users == 40
+    assert two.valid == one.valid and two.test == one.test  # rank 0's weights everywhere, every user's beams
 
 
 def test_command_line_trains_in_two_processes(tiny_name, tiny_config, tmp_path, capsys):
