@@ -144,6 +144,9 @@ def test_stages_run_in_order_resume_and_start_from_the_stage_before(tiny_name, n
     assert saved_rows.shape[0] == int(new_rows.sum())  # the checkpoint holds only the code tokens' rows
     assert torch.equal(llm.get_input_embeddings().weight[new_rows], saved_rows)
     assert torch.equal(llm.get_output_embeddings().weight, trained["llm.lm_head.weight"])  # untied by stage 1
+    unrelated, _, _ = _model(tiny_name, navigen_config)  # no init_from: its head is still tied to the embedding
+    with pytest.raises(RuntimeError, match="does not train"):
+        unrelated.load_checkpoint(final.checkpoint)
 
     caplog.clear()
     again = run_stages("NaviGen", tiny_name, config_dict=quick, cmd_args=[])

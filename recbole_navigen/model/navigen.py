@@ -131,6 +131,12 @@ class NaviGen(SequentialRecommender):
         missing = sorted(set(trainable) - set(state_dict))
         if strict and missing:
             raise RuntimeError(f"NaviGen checkpoint lacks trained weights {missing[:5]} (stage or adapters differ?)")
+        # E.g. a head that stage 1 untied, loaded into a model that still ties it to the embedding: the head
+        # would overwrite the embedding. The stage lineage (`init_from`) rebuilds the model the weights fit.
+        extra = sorted(set(state_dict) - set(trainable))
+        if strict and extra:
+            raise RuntimeError(f"NaviGen checkpoint holds weights this model does not train: {extra[:5]}; build "
+                               "the model with the checkpoint's own configuration and init_from (load_trained_navigen)")
         state_dict = dict(state_dict)
         unpack_masked_rows(trainable, state_dict)
         # Under FSDP each rank keeps its own shard of every whole value.
