@@ -11,7 +11,6 @@ each batch's users, this does not.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from bench.machine import machine, write_table
 from recbole_navigen.evaluation.compare import paired_p_value
+from recbole_navigen.rl.log import read_rl_log
 
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10")
 
@@ -35,11 +35,11 @@ def stage_results(run: Path) -> list[tuple[str, dict]]:
 
 def reward_trend(log: Path, window: int) -> list[tuple[str, float, float]]:
     """(column, mean over the first `window` steps, mean over the last `window`) of the reward columns."""
-    rows = list(csv.DictReader(log.open()))
+    rows = read_rl_log(log)
     columns = [name for name in rows[0] if name.endswith("_mean") and "reward" in name or name in ("kl", "valid_format_rate")]
     trend = []
     for column in columns:
-        values = [float(row[column]) for row in rows if row.get(column)]
+        values = [row[column] for row in rows if column in row]
         if values:
             trend.append((column, mean(values[:window]), mean(values[-window:])))
     return trend
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
     for label, result in ((f"SFT only ({before_name})", before), ("SFT + RL", after)):
         lines.append(f"| {label} | " + " | ".join(f"{result['test'].get(m, float('nan')):.4f}" for m in METRICS)
                      + f" | {result['train_seconds']:.0f} |")
-    steps = sum(1 for _ in csv.DictReader(log.open()))
+    steps = len(read_rl_log(log))
     lines += ["", f"GRPO log ({steps} steps, `{log}`): mean of the first and last {args.window} steps.", "",
               "| column | first steps | last steps | change |", "|---|---|---|---|"]
     for column, first, last in reward_trend(log, args.window):

@@ -92,13 +92,14 @@ def run_stages(
         if results:
             settings["init_from"] = results[-1].checkpoint
         key = stage_key(config, stage, overrides, key)
-        cached = finished_stage(stage_dir) or same_stage_elsewhere(run_dir, stage_dir.name, key)
-        if cached is None:
-            result = run_model(model, dataset, config_file_list, settings, cmd_args, init_logging=False)
-        else:
-            result = cached
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        if finished_stage(stage_dir, quiet=True) is None:  # trained here, or found in another run folder
+        result = finished_stage(stage_dir)
+        cached = result is not None
+        if not cached:  # found in another run folder, or trained here
+            result = same_stage_elsewhere(run_dir, stage_dir.name, key)
+            cached = result is not None
+            if not cached:
+                result = run_model(model, dataset, config_file_list, settings, cmd_args, init_logging=False)
+            stage_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(stage_dir / RESULT_FILE, result.to_json())
         write_text_atomic(stage_dir / STAGE_KEY_FILE, key + "\n")
         results.append(result)
@@ -120,7 +121,7 @@ def run_stages(
 
 def finished_stage(stage_dir: Path, quiet: bool = False) -> RunResult | None:
     """The result of a stage that ran to the end in `stage_dir` (its checkpoint still there), else None."""
-    log = (lambda message: None) if quiet else getLogger().info
+    log = (lambda message: None) if quiet else getLogger().info  # quiet: looking at other run folders
     result_file = stage_dir / RESULT_FILE
     if not result_file.is_file():
         if stage_dir.is_dir():

@@ -50,6 +50,7 @@ from recbole_navigen.model.navigen_tasks import (
 )
 from recbole_navigen.rl.rewards import combine
 from recbole_navigen.rl.rollout import Rollout, reward_cid2cid, score_cid2ins
+from recbole_navigen.teacher.client import KEYLESS_API_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ CONSTRAINTS = ("choice", "regex")
 ADAPTER_PREFIX = "navigen-rl-step-"
 EXPORT_FILE = "navigen_export.json"  # written beside an exported backbone: which identifiers and checkpoint
 TIMEOUT = 600.0  # seconds per request: one request carries a whole batch's rollouts
-# Servers that need no key (vLLM without --api-key) still make the openai client send one.
-_DUMMY_KEY = "EMPTY"
 # Sampling as the local rollouts do it, whatever defaults the served model's generation_config.json sets.
 _PLAIN_SAMPLING = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
 
@@ -184,7 +183,7 @@ class RolloutServer:
         self.base_model, self.constraint, self.sync_every = model, constraint, sync_every
         self.adapter_dir, self.init_from = Path(adapter_dir), init_from
         self._openai = openai
-        self.client = openai.OpenAI(api_key=_DUMMY_KEY, base_url=self.base_url, timeout=timeout, max_retries=2)
+        self.client = openai.OpenAI(api_key=KEYLESS_API_KEY, base_url=self.base_url, timeout=timeout, max_retries=2)
         self.adapter: tuple[str, Path] | None = None  # (name, folder) of the adapter the server holds now
         self.steps = 0
         self.generator = torch.Generator().manual_seed(seed)  # the cid2ins requests' seeds
@@ -316,13 +315,12 @@ class RolloutServer:
         group, items, tokenizer = settings["num_generations"], model.items, model.hf_tokenizer
         prompts = [cid2cid_prompt(items, past, model.history_format) for past in history]
         batch = encode_prompts(prompts, tokenizer, CID2CID_ANSWER_PREFIX)
-        if self._constraint is None:
-            self._constraint = constraint_fields(items, self.constraint)
-        allowed = sorted({*model.token_table[model.token_table >= 0].tolist(), model.end_id,
-                          *_stop_ids(model)})
+        if self._constraint is None:  # the same catalogue every step: built once
+            allowed = sorted({*model.token_table[model.token_table >= 0].tolist(), model.end_id, *_stop_ids(model)})
+            self._constraint = {**constraint_fields(items, self.constraint), "allowed_token_ids": allowed}
         choices = self._sample([render_prompt(prompt, tokenizer) + CID2CID_ANSWER_PREFIX for prompt in prompts],
                                group, settings["temperature"], items.depth + 2,
-                               {**self._constraint, "allowed_token_ids": allowed}, generator)
+                               self._constraint, generator)
         table, rows, valid, texts, rewards = model.token_table.cpu(), [], [], [], []
         for row, choice in enumerate(choices):
             item = items.item_of_cid(items.BEGIN + choice.text)

@@ -39,7 +39,7 @@ CONFIG_KEYS = (
     "teacher_temperature",
 )
 # Servers that need no key (vLLM, Ollama) still make the openai client send one.
-_DUMMY_KEY = "EMPTY"
+KEYLESS_API_KEY = "EMPTY"
 # HTTP statuses worth another try; other 4xx answers would fail the same way again.
 _RETRY_STATUSES = {408, 409, 429}
 
@@ -75,12 +75,12 @@ class _OpenAIBackend:
         self.model = model
         self.api_key_env = api_key_env
         # Retries are ours (counted, logged, with jitter), so the openai client's own are off.
-        self._client = openai.OpenAI(api_key=_DUMMY_KEY, base_url=base_url, timeout=timeout, max_retries=0)
+        self._client = openai.OpenAI(api_key=KEYLESS_API_KEY, base_url=base_url, timeout=timeout, max_retries=0)
 
     def _api_key(self) -> str:
         """The key, read from its environment variable at call time."""
         if self.api_key_env is None:
-            return _DUMMY_KEY
+            return KEYLESS_API_KEY
         key = os.environ.get(self.api_key_env)
         if not key:
             raise TeacherError(
